@@ -1,0 +1,50 @@
+"""Public API for other tools: a trained ACT model as a plain jit-able function."""
+
+import json
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+
+from act_jax import checkpointing, models, optimizers, parallel
+from act_jax.train_state import create_act_state
+
+WHICH = ("robust", "natural")
+
+
+def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax.Array]:
+  """`logits = f(images)` for the natural or robust model of the newest checkpoint in `workdir`.
+
+  `images` are NHWC float32 in [0, 1] (no normalisation, as in training); logits are float32.
+  The model runs in eval mode (running BatchNorm statistics). The returned function is jitted and
+  can be used inside other jitted code, e.g. to attack the model.
+  """
+  if which not in WHICH:
+    raise ValueError(f"which={which!r}; allowed: {', '.join(WHICH)}")
+  workdir_path = epath.Path(workdir)
+  config_path = workdir_path / "config.json"
+  if not config_path.exists():
+    raise FileNotFoundError(f"{config_path} not found: is {workdir} an act_jax workdir?")
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF only for metadata)
+  info = input_pipeline.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir,
+                                     image_size=config.dataset.image_size)
+  model = models.build_model(config.model.name, num_classes=info.num_classes,
+                             dtype=jnp.dtype(config.model.dtype),
+                             base_width=config.model.base_width)
+  # Only the structure matters for restoring; the schedule length does not affect it.
+  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1)
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  template = jax.jit(lambda rng: create_act_state(model, tx, rng, info.image_shape),
+                     out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(
+                         jax.random.PRNGKey(0))
+  manager = checkpointing.checkpoint_manager(workdir, max_to_keep=1)
+  restored = checkpointing.restore_latest(manager, template, parallel.replicate(
+      jax.random.PRNGKey(0), mesh))
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir_path / 'checkpoints'}")
+  model_state = getattr(restored[0], which)
+  variables = {"params": model_state.params, "batch_stats": model_state.batch_stats}
+  return jax.jit(lambda images: model.apply(variables, images, train=False))

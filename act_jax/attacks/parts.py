@@ -1,0 +1,55 @@
+"""Small, composable pieces that attacks are assembled from.
+
+An attack here is: an initialiser (where x' starts), an objective (the scalar to ascend), a step
+rule (how the gradient moves x') and a projection (back into the threat model). Keeping them
+apart lets the ACT training attack and the evaluation PGD share one loop instead of two copies.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Objective = Callable[[jax.Array], jax.Array]
+Projection = Callable[[jax.Array], jax.Array]
+
+
+def gaussian_init(rng: jax.Array, images: jax.Array, std: float) -> jax.Array:
+  """x + std * N(0, I), deliberately not clipped: the ACT release starts its attack this way."""
+  return images + std * jax.random.normal(rng, images.shape, images.dtype)
+
+
+def uniform_init(rng: jax.Array, images: jax.Array, eps: float) -> jax.Array:
+  """x + U(-eps, eps), clipped to the valid image range [0, 1]."""
+  noise = jax.random.uniform(rng, images.shape, images.dtype, minval=-eps, maxval=eps)
+  return jnp.clip(images + noise, 0.0, 1.0)
+
+
+def linf_projection(images: jax.Array, eps: float) -> Projection:
+  """Projects onto the L-inf ball of radius eps around `images`, then onto [0, 1]."""
+
+  def project(adversarial: jax.Array) -> jax.Array:
+    adversarial = jnp.clip(adversarial, images - eps, images + eps)
+    return jnp.clip(adversarial, 0.0, 1.0)
+
+  return project
+
+
+def sign_gradient_step(adversarial: jax.Array, gradient: jax.Array, step_size: float) -> jax.Array:
+  """The L-inf steepest-ascent step: x' + step_size * sign(grad)."""
+  return adversarial + step_size * jnp.sign(gradient)
+
+
+def projected_sign_ascent(objective: Objective, start: jax.Array, project: Projection, *,
+                          step_size: float, num_steps: int) -> jax.Array:
+  """Runs `num_steps` of x' <- project(x' + step_size * sign(grad objective(x'))) in-graph.
+
+  The loop is a `lax.fori_loop` with `jax.grad` inside, so the whole attack compiles into the
+  surrounding step. The result carries no gradient: ACT treats x' as a constant input.
+  """
+  gradient_fn = jax.grad(objective)
+
+  def body(_, adversarial):
+    return project(sign_gradient_step(adversarial, gradient_fn(adversarial), step_size))
+
+  return jax.lax.stop_gradient(jax.lax.fori_loop(0, num_steps, body, start))

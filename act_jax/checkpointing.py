@@ -1,0 +1,58 @@
+"""Orbax checkpoints of the whole ACT run: both models, both optimiser states, step, RNG, data position.
+
+Saving is collective (every process calls it) and asynchronous; restoring places each array
+straight into the sharding of the live state, so a run can resume on a different device count.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from act_jax.train_state import ACTState
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPosition:
+  """Where the run is: the next step to take and the number of batches consumed so far.
+
+  The input pipeline is a pure function of (seed, batch index), so `batches_consumed` is all it
+  needs to continue with exactly the batches an uninterrupted run would have seen.
+  """
+  step: int
+  batches_consumed: int
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
+  """A manager under `workdir/checkpoints` that keeps the `max_to_keep` newest checkpoints."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options,
+                               item_names=("state", "position"))
+
+
+def save(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Array,
+         position: TrainingPosition) -> None:
+  """Saves asynchronously; call `manager.wait_until_finished()` before the process exits."""
+  manager.save(position.step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"act": state, "rng": rng}),
+      position=ocp.args.JsonSave(dataclasses.asdict(position))))
+
+
+def _abstract(tree: Any) -> Any:
+  """Shapes, dtypes and shardings of the live tree: restore writes into the same layout."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Array
+                   ) -> tuple[ACTState, jax.Array, TrainingPosition] | None:
+  """The newest checkpoint restored into `state`'s structure and shardings, or None if none exists."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract({"act": state, "rng": rng})),
+      position=ocp.args.JsonRestore()))
+  return (restored.state["act"], restored.state["rng"],
+          TrainingPosition(**restored.position))

@@ -1,0 +1,54 @@
+"""ACT losses: cross-entropy and temperature-scaled distillation KL (ACT spec, "Notation").
+
+Every loss is computed in float32 whatever the model's compute dtype, so that bf16 training keeps
+exact softmax/log-softmax arithmetic.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax cross-entropy averaged over the batch: CE(z, y) in the spec."""
+  logits = logits.astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def per_example_kl(student_logits: jax.Array, teacher_logits: jax.Array,
+                   temperature: float = 1.0) -> jax.Array:
+  """KL(softmax(t/T) || softmax(s/T)) per example, with no gradient through the teacher.
+
+  The teacher is always the *other* model in ACT, so stopping its gradient here makes it
+  impossible for one model's loss to leak into the other model's parameters.
+  """
+  teacher = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
+  student = student_logits.astype(jnp.float32) / temperature
+  teacher_log_probs = jax.nn.log_softmax(teacher, axis=-1)
+  student_log_probs = jax.nn.log_softmax(student, axis=-1)
+  return jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
+
+
+def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,
+                    temperature: float) -> jax.Array:
+  """KL_T(s || t) = T^2 / B * sum_batch KL(softmax(t/T) || softmax(s/T)).
+
+  The T^2 factor keeps the gradient magnitude of the soft term independent of T (Hinton et al.),
+  as the ACT release does with `KLDivLoss(size_average=False) * T^2 / B`.
+  """
+  kl = per_example_kl(student_logits, teacher_logits, temperature)
+  return temperature**2 * kl.mean()
+
+
+def act_model_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
+                   alpha: float, temperature: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(1 - alpha) * CE(student, y) + alpha * KL_T(student || stop_grad(teacher)).
+
+  This is L_G (student = natural, teacher = robust) and L_F (student = robust, teacher =
+  natural) of the ACT spec, step 4. Returns the total and its parts for logging.
+  """
+  ce = cross_entropy(student_logits, labels)
+  kl = distillation_kl(student_logits, teacher_logits, temperature)
+  total = (1.0 - alpha) * ce + alpha * kl
+  accuracy = jnp.mean(jnp.argmax(student_logits, axis=-1) == labels)
+  return total, {"loss": total, "ce": ce, "kl": kl, "accuracy": accuracy}

@@ -1,0 +1,32 @@
+"""Command line: `python -m act_jax.main --config=configs/fashion_mnist.py --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.train.epochs=3 --config.attack.eps=0.05`.
+Running the same command again resumes from the newest checkpoint in DIR.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from act_jax import config_validation, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Path to an ACT config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and results.json go.",
+                    required=True)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except config_validation.ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

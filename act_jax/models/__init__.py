@@ -1,0 +1,32 @@
+"""Every ACT architecture, chosen by name (NHWC, [0, 1] inputs, no normalisation layer)."""
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from act_jax.models.blocks import BasicBlock, Bottleneck
+from act_jax.models.resnet_cifar import CifarResNet
+from act_jax.models.resnet_imagenet import ImageNetResNet50
+from act_jax.models.small_cnn import SmallCNN
+from act_jax.models.wide_resnet import WideResNet
+
+_MODELS = {
+    "small_cnn": SmallCNN,
+    "resnet18_cifar": functools.partial(CifarResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2)),
+    "resnet34_cifar": functools.partial(CifarResNet, block=BasicBlock, stage_sizes=(3, 4, 6, 3)),
+    "resnet50_cifar": functools.partial(CifarResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3)),
+    "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
+    "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
+    "resnet50_imagenet": ImageNetResNet50,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+
+
+def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32,
+                bn_axis_name: str | None = None, base_width: int | None = None) -> nn.Module:
+  """The named model; `base_width` None keeps the paper width (tests pass a small one)."""
+  if name not in _MODELS:
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+  width = {} if base_width is None else {"width": base_width}
+  return _MODELS[name](num_classes=num_classes, dtype=dtype, bn_axis_name=bn_axis_name, **width)

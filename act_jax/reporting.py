@@ -1,0 +1,82 @@
+"""What the run tells its user: a progress bar, TensorBoard scalars, results as JSON and a table.
+
+Only process 0 reports; the other processes get no-op writers so the loop needs no branches.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import tqdm
+from etils import epath
+
+
+class Progress:
+  """A tqdm bar over the run's steps with loss, img/s and tqdm's own ETA."""
+
+  def __init__(self, *, total_steps: int, start_step: int, global_batch_size: int, enabled: bool):
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
+                          unit="step", dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
+    self._batch = global_batch_size
+    self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> float:
+    """Advances to `step` (steps done) and returns the images/s since the last update."""
+    now = time.perf_counter()
+    images_per_second = (step - self._last_step) * self._batch / max(now - self._last_time, 1e-9)
+    self._bar.update(step - self._last_step)
+    self._bar.set_postfix({"nat_loss": f"{metrics['natural/loss']:.3f}",
+                           "rob_loss": f"{metrics['robust/loss']:.3f}",
+                           "img/s": f"{images_per_second:.0f}"}, refresh=False)
+    self._last_step, self._last_time = step, now
+    return images_per_second
+
+  def reset_clock(self) -> None:
+    """Excludes time spent outside training (evaluation, checkpoints) from the next img/s."""
+    self._last_time = time.perf_counter()
+
+  def write(self, message: str) -> None:
+    self._bar.write(message, file=sys.stdout)
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+class ScalarWriter:
+  """TensorBoard scalars under `workdir/tensorboard`; a no-op where `enabled` is False."""
+
+  def __init__(self, workdir: str, *, enabled: bool):
+    self._writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._writer is not None:
+      for name, value in scalars.items():
+        self._writer.add_scalar(name, value, step)
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def accuracy_table(evaluation: Mapping[str, Any], *, pgd_steps: int, eps: float) -> str:
+  """A markdown table of clean and PGD accuracy (%) of both models."""
+  lines = [f"| model | clean accuracy (%) | PGD-{pgd_steps} accuracy (%), eps={eps:.4g} |",
+           "|---|---|---|"]
+  for name in ("natural", "robust"):
+    lines.append(f"| {name} | {100 * evaluation[name]['clean']:.2f} | "
+                 f"{100 * evaluation[name]['pgd']:.2f} |")
+  return "\n".join(lines)
+
+
+def write_json(path: epath.PathLike, payload: Mapping[str, Any]) -> None:
+  """Writes via a temporary file and a rename, so a crash never leaves a half-written file."""
+  path = epath.Path(path)
+  temporary = path.with_name(path.name + ".tmp")
+  temporary.write_text(json.dumps(payload, indent=2, sort_keys=True))
+  temporary.rename(path)

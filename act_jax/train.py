@@ -1,0 +1,187 @@
+"""The training loop: build everything from the config, resume, step, evaluate, checkpoint, report.
+
+The loop itself is deliberately boring; the science lives in `train_step` and `attacks`.
+"""
+
+import functools
+import json
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from act_jax import (checkpointing, config_validation, evaluation, models, optimizers, parallel,
+                     reporting)
+from act_jax.eval_step import EvalAttack, eval_step
+from act_jax.train_state import create_act_state
+from act_jax.train_step import ACTHyperparams, train_step
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, *, bn_axis_name: str | None):
+  return models.build_model(config.model.name, num_classes=num_classes,
+                            dtype=jnp.dtype(config.model.dtype), bn_axis_name=bn_axis_name,
+                            base_width=config.model.base_width)
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (what cluster schedulers and TPU maintenance send before killing a job)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
+  fetched = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _read_json(path: epath.Path) -> dict[str, Any]:
+  return json.loads(path.read_text())
+
+
+def _record(results: dict[str, Any], result: dict[str, Any], config: ml_collections.ConfigDict,
+            writer: reporting.ScalarWriter, progress: reporting.Progress, results_path: epath.Path,
+            is_chief: bool) -> None:
+  """Appends one evaluation to the results, TensorBoard and results.json (kept current on disk)."""
+  results["evaluations"].append(result)
+  writer.write(result["step"], {f"eval/{name}/{kind}_accuracy": result[name][kind]
+                                for name in ("natural", "robust") for kind in ("clean", "pgd")})
+  progress.write(f"step {result['step']}: " + ", ".join(
+      f"{name} clean {100 * result[name]['clean']:.2f}% PGD-{config.eval.num_steps} "
+      f"{100 * result[name]['pgd']:.2f}%" for name in ("natural", "robust")))
+  if is_chief:
+    reporting.write_json(results_path, results)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       interrupt_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains ACT as `config` says, resuming from the newest checkpoint in `workdir`.
+
+  `interrupt_after_steps` stops this run after that many steps as a preemption would (checkpoint,
+  then return without the final evaluation); it exists so that resumption can be tested.
+  Returns the results that are also written to `workdir/results.json`.
+  """
+  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF is heavy)
+
+  mesh = parallel.make_mesh()
+  config_validation.validate_config(config, num_devices=mesh.size,
+                                    num_processes=jax.process_count())
+  is_chief = jax.process_index() == 0
+  workdir_path = epath.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  if is_chief:
+    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  data_kwargs = dict(data_dir=config.dataset.data_dir, image_size=config.dataset.image_size)
+  info = input_pipeline.dataset_info(config.dataset.name, **data_kwargs)
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+      config.dataset.name, global_batch_size=config.train.batch_size,
+      data_dir=config.dataset.data_dir, process_count=jax.process_count())
+  total_steps = config.train.epochs * steps_per_epoch
+
+  bn_axis_name = parallel.DATA_AXIS if config.model.sync_batch_norm else None
+  model = build_model(config, info.num_classes, bn_axis_name=bn_axis_name)
+  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch)
+  root_rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng, eval_rng = jax.random.split(root_rng, 3)
+  state = jax.jit(functools.partial(create_act_state, model, tx, image_shape=info.image_shape),
+                  out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(init_rng)
+  train_rng = parallel.replicate(train_rng, mesh)
+
+  manager = checkpointing.checkpoint_manager(workdir, config.train.max_checkpoints_to_keep)
+  position = checkpointing.TrainingPosition(step=0, batches_consumed=0)
+  restored = checkpointing.restore_latest(manager, state, train_rng)
+  if restored is not None:
+    state, train_rng, position = restored
+    if is_chief:
+      print(f"Resuming from step {position.step} in {workdir}", flush=True)
+
+  schedule = optimizers.learning_rate_schedule(config.optim, steps_per_epoch)
+  distributed_train_step = parallel.distribute_train_step(
+      functools.partial(train_step, model=model, tx=tx, hp=ACTHyperparams.from_config(config),
+                        learning_rate_fn=schedule), mesh)
+  distributed_eval_step = parallel.distribute_eval_step(
+      functools.partial(eval_step, model=model, attack=EvalAttack.from_config(config)), mesh)
+  per_process_batch = config.train.batch_size // jax.process_count()
+  batches = input_pipeline.train_batches(
+      config.dataset.name, per_process_batch_size=per_process_batch, seed=config.seed,
+      start_step=position.batches_consumed, process_index=jax.process_index(),
+      process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir,
+      **data_kwargs)
+
+  def run_evaluation(step: int) -> dict[str, Any]:
+    eval_batches = input_pipeline.eval_batches(
+        config.dataset.name, per_process_batch_size=config.eval.batch_size // jax.process_count(),
+        num_examples=config.eval.num_examples, process_index=jax.process_index(),
+        process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir,
+        **data_kwargs)
+    result = evaluation.evaluate(distributed_eval_step, state, eval_batches, mesh,
+                                 jax.random.fold_in(eval_rng, step))
+    return {"step": step, **result}
+
+  results_path = workdir_path / "results.json"
+  results = {"config": config.to_dict(), "total_steps": total_steps, "evaluations": [],
+             "train_log": []}
+  if results_path.exists():  # keep what the interrupted run reported up to its checkpoint
+    previous = _read_json(results_path)
+    for key in ("evaluations", "train_log"):
+      results[key] = [entry for entry in previous[key] if entry["step"] <= position.step]
+
+  progress = reporting.Progress(total_steps=total_steps, start_step=position.step,
+                                global_batch_size=config.train.batch_size, enabled=is_chief)
+  writer = reporting.ScalarWriter(workdir, enabled=is_chief)
+  preemption = _PreemptionFlag()
+  history = []
+  step = run_start_step = position.step
+  try:
+    while step < total_steps:
+      batch = parallel.shard_host_batch(next(batches), mesh)
+      state, metrics = distributed_train_step(state, batch, train_rng)
+      step += 1
+      history.append(metrics)
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        scalars = _mean_metrics(history)
+        history = []
+        scalars["images_per_second"] = progress.update(step, scalars)
+        writer.write(step, scalars)
+        results["train_log"].append({"step": step, **scalars})
+      position = checkpointing.TrainingPosition(step=step, batches_consumed=step)
+      interrupted = (preemption.raised or manager.reached_preemption(step)
+                     or (interrupt_after_steps is not None
+                         and step - run_start_step >= interrupt_after_steps))
+      if step % config.train.checkpoint_every_steps == 0 or interrupted or step == total_steps:
+        checkpointing.save(manager, state, train_rng, position)
+      if interrupted:
+        if is_chief:
+          reporting.write_json(results_path, results)
+        progress.write(f"Stopped at step {step}; resume by running the same command again.")
+        return results
+      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
+          and step != total_steps:
+        _record(results, run_evaluation(step), config, writer, progress, results_path, is_chief)
+        progress.reset_clock()
+    final = run_evaluation(step)
+    _record(results, final, config, writer, progress, results_path, is_chief)
+    results["final"] = final
+    if is_chief:
+      reporting.write_json(results_path, results)
+      progress.write("\n" + reporting.accuracy_table(final, pgd_steps=config.eval.num_steps,
+                                                     eps=config.eval.eps))
+    return results
+  finally:
+    manager.wait_until_finished()
+    preemption.restore()
+    progress.close()
+    writer.close()

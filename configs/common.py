@@ -1,0 +1,61 @@
+"""Fields shared by every ACT config; each `configs/<name>.py` fills in its recipe.
+
+Every field is overridable from the command line, e.g. `--config.train.epochs=3`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "fashion_mnist"
+  config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; may be gs://...
+  config.dataset.image_size = config_dict.placeholder(int)  # imagenet2012 only (default 224)
+  config.dataset.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "small_cnn"
+  config.model.dtype = "float32"  # or "bfloat16": compute dtype; params stay float32
+  config.model.sync_batch_norm = True  # False: per-device BN statistics, as the release under DDP
+  config.model.base_width = config_dict.placeholder(int)  # None: the architecture's default
+
+  # ACT spec, "Notation": alpha_G, alpha_F and the distillation temperature T.
+  config.act = ml_collections.ConfigDict()
+  config.act.natural_alpha = 0.9
+  config.act.robust_alpha = 0.9
+  config.act.temperature = 4.0
+
+  # The training attack (ACT spec, step 2).
+  config.attack = ml_collections.ConfigDict()
+  config.attack.eps = 0.031
+  config.attack.step_size = 0.007
+  config.attack.num_steps = 10
+  config.attack.loss_reduction = "reference"  # or "mean"; see attacks/objectives.py
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 0.1
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.lr_decay_epochs = (60, 120, 160)
+  config.optim.lr_decay_factor = 0.2
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128  # global, over all devices and hosts
+  config.train.epochs = 200
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 1000
+  config.train.max_checkpoints_to_keep = 3
+  config.train.eval_every_steps = 0  # 0: evaluate only at the end
+
+  # White-box evaluation (ACT spec, "Evaluation"): PGD-20, uniform start, CE.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.eps = 0.031
+  config.eval.step_size = 0.003
+  config.eval.num_steps = 20
+  config.eval.batch_size = 256
+  config.eval.num_examples = config_dict.placeholder(int)  # None: the whole test split
+  return config

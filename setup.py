@@ -1,0 +1,32 @@
+"""act-jax: Adversarial Concurrent Training in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="act-jax",
+    version="0.1.0",
+    description="Adversarial Concurrent Training (ACT, BMVC 2020) in JAX/Flax for TPU and GPU",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["act_jax", "act_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "absl-py>=2.1",
+        "etils[epath]>=1.7",
+        "flax>=0.10",
+        "jax>=0.7",
+        "ml_collections>=0.1.1",
+        "numpy>=1.26",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "pillow>=10",
+        "tensorboardX>=2.6",
+        "tensorflow-cpu>=2.16",
+        "tensorflow-datasets>=4.9.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "chex>=0.1.87"],
+        "torch": ["torch>=2.13"],
+    },
+)

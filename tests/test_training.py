@@ -1,0 +1,89 @@
+"""End to end: the training loop, resumption after interruption, results and `load_model`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import act_jax
+from act_jax import train
+from conftest import REAL_FASHION_MNIST_DIR
+
+
+def final_logits(workdir, images):
+  return {which: np.asarray(act_jax.load_model(workdir, which)(images))
+          for which in ("natural", "robust")}
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_path):
+  uninterrupted = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+  interrupted_dir = str(tmp_path / "b")
+  partial = train.train_and_evaluate(tiny_config, interrupted_dir, interrupt_after_steps=3)
+  assert "final" not in partial and partial["train_log"][-1]["step"] == 2
+  resumed = train.train_and_evaluate(tiny_config, interrupted_dir)
+
+  assert resumed["final"] == uninterrupted["final"]
+  strip = lambda log: [{k: v for k, v in e.items() if k != "images_per_second"} for e in log]
+  assert strip(resumed["train_log"]) == strip(uninterrupted["train_log"])
+  assert [e["step"] for e in resumed["train_log"]] == [2, 4, 6, 8]
+  images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+  for which, logits in final_logits(str(tmp_path / "a"), images).items():
+    np.testing.assert_array_equal(logits, final_logits(interrupted_dir, images)[which])
+
+
+def test_results_json_and_load_model(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(tiny_config, workdir)
+  on_disk = json.loads(open(os.path.join(workdir, "results.json")).read())
+  assert on_disk["final"] == results["final"]
+  final = results["final"]
+  assert final["num_examples"] == 32 and final["step"] == 8
+  for name in ("natural", "robust"):
+    assert 0.0 <= final[name]["pgd"] <= final[name]["clean"] <= 1.0
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+  # load_model's clean accuracy on the test split reproduces the run's own evaluation.
+  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  batches = list(input_pipeline.eval_batches(
+      "fashion_mnist", per_process_batch_size=32, data_dir=tiny_config.dataset.data_dir,
+      fashion_mnist_dir=tiny_config.dataset.fashion_mnist_dir))
+  for which in ("natural", "robust"):
+    model_fn = act_jax.load_model(workdir, which)
+    correct = sum(float(np.sum((np.argmax(model_fn(b["image"]), -1) == b["label"]) * b["mask"]))
+                  for b in batches)
+    assert correct / 32 == pytest.approx(final[which]["clean"])
+  with pytest.raises(ValueError, match="robust, natural"):
+    act_jax.load_model(workdir, "teacher")
+
+
+def test_cli_rejects_bad_config_with_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "act_jax.main", "--config=configs/fashion_mnist.py",
+       f"--workdir={tmp_path}", "--config.act.temperature=-1"],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.act.temperature = -1.0: must be > 0")
+
+
+@pytest.mark.skipif(not os.path.exists(REAL_FASHION_MNIST_DIR),
+                    reason="needs `apt-get install dataset-fashion-mnist` (.ci/run installs it)")
+def test_short_real_fashion_mnist_run_learns(tmp_path):
+  """A few hundred ACT steps on the real data put both models well above chance (10%)."""
+  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  config = fashion_mnist.get_config()
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.model.base_width = 8
+  config.train.batch_size = 200
+  config.train.epochs = 1  # 300 steps
+  config.optim.lr_decay_epochs = ()
+  config.train.log_every_steps = 100
+  config.eval.num_examples = 1000
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  final = results["final"]
+  assert final["natural"]["clean"] > 0.6 and final["robust"]["clean"] > 0.5
+  assert final["robust"]["pgd"] > final["natural"]["pgd"]
