@@ -23,6 +23,7 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets>=4.9.6",
+        "importlib_resources>=6",  # needed by TFDS builders defined outside TFDS
         "tqdm>=4.66",
     ],
     extras_require={

@@ -30,7 +30,8 @@ def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF only for metadata)
   info = input_pipeline.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir,
-                                     image_size=config.dataset.image_size)
+                                     image_size=config.dataset.image_size,
+                                     fashion_mnist_dir=config.dataset.fashion_mnist_dir)
   model = models.build_model(config.model.name, num_classes=info.num_classes,
                              dtype=jnp.dtype(config.model.dtype),
                              base_width=config.model.base_width)

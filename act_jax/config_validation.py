@@ -9,9 +9,9 @@ from numbers import Real
 import ml_collections
 
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
+from act_jax.input_pipeline import DATASET_NAMES  # names only: TensorFlow stays unimported
 from act_jax.models import MODEL_NAMES
 
-DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -87,6 +87,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   _positive_int(config, "train.eval_every_steps", allow_zero=True)
   if config.eval.num_examples is not None:
     _positive_int(config, "eval.num_examples")
+  if config.train.max_steps is not None:
+    _positive_int(config, "train.max_steps")
   if config.model.base_width is not None:
     _positive_int(config, "model.base_width")
   for field in ("train.batch_size", "eval.batch_size"):

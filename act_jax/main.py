@@ -6,7 +6,7 @@ Running the same command again resumes from the newest checkpoint in DIR.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from act_jax import config_validation, train
@@ -21,6 +21,8 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and re
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.is_parsed() or FLAGS["verbosity"].present == 0:
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file operation at INFO
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except config_validation.ConfigError as error:

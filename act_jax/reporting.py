@@ -79,4 +79,4 @@ def write_json(path: epath.PathLike, payload: Mapping[str, Any]) -> None:
   path = epath.Path(path)
   temporary = path.with_name(path.name + ".tmp")
   temporary.write_text(json.dumps(payload, indent=2, sort_keys=True))
-  temporary.rename(path)
+  temporary.replace(path)

@@ -84,14 +84,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if is_chief:
     (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-  data_kwargs = dict(data_dir=config.dataset.data_dir, image_size=config.dataset.image_size)
+  data_kwargs = dict(data_dir=config.dataset.data_dir, image_size=config.dataset.image_size,
+                     fashion_mnist_dir=config.dataset.fashion_mnist_dir)
   info = input_pipeline.dataset_info(config.dataset.name, **data_kwargs)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       config.dataset.name, global_batch_size=config.train.batch_size,
-      data_dir=config.dataset.data_dir, process_count=jax.process_count())
-  total_steps = config.train.epochs * steps_per_epoch
+      data_dir=config.dataset.data_dir, process_count=jax.process_count(),
+      fashion_mnist_dir=config.dataset.fashion_mnist_dir)
+  total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
 
-  bn_axis_name = parallel.DATA_AXIS if config.model.sync_batch_norm else None
+  # Over one device, synchronised BN is plain BN: skip its collectives (costly on XLA:CPU).
+  sync_batch_norm = config.model.sync_batch_norm and mesh.size > 1
+  bn_axis_name = parallel.DATA_AXIS if sync_batch_norm else None
   model = build_model(config, info.num_classes, bn_axis_name=bn_axis_name)
   tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch)
   root_rng = jax.random.PRNGKey(config.seed)
@@ -118,15 +122,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batches = input_pipeline.train_batches(
       config.dataset.name, per_process_batch_size=per_process_batch, seed=config.seed,
       start_step=position.batches_consumed, process_index=jax.process_index(),
-      process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir,
-      **data_kwargs)
+      process_count=jax.process_count(), **data_kwargs)
 
   def run_evaluation(step: int) -> dict[str, Any]:
     eval_batches = input_pipeline.eval_batches(
         config.dataset.name, per_process_batch_size=config.eval.batch_size // jax.process_count(),
         num_examples=config.eval.num_examples, process_index=jax.process_index(),
-        process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir,
-        **data_kwargs)
+        process_count=jax.process_count(), **data_kwargs)
     result = evaluation.evaluate(distributed_eval_step, state, eval_batches, mesh,
                                  jax.random.fold_in(eval_rng, step))
     return {"step": step, **result}
@@ -175,10 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     final = run_evaluation(step)
     _record(results, final, config, writer, progress, results_path, is_chief)
     results["final"] = final
+    progress.close()
     if is_chief:
       reporting.write_json(results_path, results)
-      progress.write("\n" + reporting.accuracy_table(final, pgd_steps=config.eval.num_steps,
-                                                     eps=config.eval.eps))
+      print("\n" + reporting.accuracy_table(final, pgd_steps=config.eval.num_steps,
+                                             eps=config.eval.eps), flush=True)
     return results
   finally:
     manager.wait_until_finished()

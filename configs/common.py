@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # global, over all devices and hosts
   config.train.epochs = 200
+  config.train.max_steps = config_dict.placeholder(int)  # set: stop after this many steps instead
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 1000
   config.train.max_checkpoints_to_keep = 3

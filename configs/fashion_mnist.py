@@ -7,6 +7,7 @@ def get_config():
   config = common.base_config()
   config.dataset.name = "fashion_mnist"
   config.model.name = "small_cnn"
+  config.model.base_width = 16
   config.attack.eps = 0.1
   config.attack.step_size = 0.01
   config.attack.num_steps = 10
@@ -15,10 +16,10 @@ def get_config():
   config.eval.num_steps = 20
   config.optim.learning_rate = 0.05
   config.optim.weight_decay = 5e-4
-  config.optim.lr_decay_epochs = (2, 3)
+  config.optim.lr_decay_epochs = (0.75,)  # a short fine-tuning phase at the end of the epoch
   config.optim.lr_decay_factor = 0.1
   config.train.batch_size = 128
-  config.train.epochs = 4
+  config.train.epochs = 1
   config.train.log_every_steps = 20
   config.train.checkpoint_every_steps = 200
   config.eval.batch_size = 512

@@ -37,6 +37,7 @@ BAD_VALUES = [
     ("optim.weight_decay", -1e-4, ">= 0"),
     ("optim.lr_decay_epochs", (3, 2), "increasing"),
     ("train.epochs", 0, "integer >= 1"),
+    ("train.max_steps", 0, "integer >= 1"),
     ("train.batch_size", 100, "divisible by the number of devices"),
     ("eval.batch_size", 12, "divisible by the number of devices"),
     ("eval.num_examples", 0, "integer >= 1"),

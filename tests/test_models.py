@@ -2,40 +2,58 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from act_jax import models
 
 INPUT_SHAPES = {"small_cnn": (28, 28, 1), "resnet50_imagenet": (64, 64, 3)}
+NUM_CLASSES = 7
 
 
-def tiny(name, dtype=jnp.float32):
-  return models.build_model(name, num_classes=7, dtype=dtype, base_width=4)
+def tiny(name: str, dtype: jnp.dtype = jnp.float32):
+  return models.build_model(name, num_classes=NUM_CLASSES, dtype=dtype, base_width=4)
+
+
+def images_for(name: str) -> jax.Array:
+  shape = (2, *INPUT_SHAPES.get(name, (32, 32, 3)))
+  return jnp.asarray(np.random.default_rng(0).uniform(size=shape), jnp.float32)
+
+
+def init(model, images):
+  # Eager init compiles a sampler per kernel shape; an "rbg" key compiles much faster than
+  # threefry, which keeps this file quick on CPU. The models accept any key.
+  return model.init(jax.random.key(1, impl="rbg"), images, train=False)
+
+
+def assert_float32_logits(logits):
+  assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_forward_in_train_and_eval_mode(name):
-  model = tiny(name)
-  images = jax.random.uniform(jax.random.PRNGKey(0), (2, *INPUT_SHAPES.get(name, (32, 32, 3))))
-  variables = model.init(jax.random.PRNGKey(1), images, train=False)
+  model, images = tiny(name), images_for(name)
+  variables = init(model, images)
   assert set(variables) == {"params", "batch_stats"}
+
   logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-  assert bool(jnp.all(jnp.isfinite(logits)))
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
-                         updates["batch_stats"])
-  assert any(jax.tree.leaves(changed))
-  eval_logits = model.apply(variables, images, train=False)  # no mutable collection needed
-  assert eval_logits.shape == (2, 7)
+  assert_float32_logits(logits)
+  assert set(updates) == {"batch_stats"}
+  # NumPy, not jnp: eager jnp ops would compile once per statistic shape.
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         variables["batch_stats"], updates["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+
+  assert_float32_logits(model.apply(variables, images, train=False))  # nothing mutable
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18_cifar"])
-def test_bfloat16_compute_returns_float32_logits_and_params(name):
-  model = tiny(name, jnp.bfloat16)
-  images = jnp.ones((2, *INPUT_SHAPES.get(name, (32, 32, 3))))
-  variables = model.init(jax.random.PRNGKey(1), images, train=False)
-  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  assert model.apply(variables, images, train=False).dtype == jnp.float32
+def test_bfloat16_compute_keeps_float32_params_and_logits(name):
+  model, images = tiny(name, jnp.bfloat16), images_for(name)
+  variables = init(model, images)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+  assert_float32_logits(model.apply(variables, images, train=False))
 
 
 @pytest.mark.parametrize("name,input_shape,num_classes,expected", [
@@ -46,11 +64,13 @@ def test_bfloat16_compute_returns_float32_logits_and_params(name):
 def test_full_size_parameter_counts_match_reference_architectures(name, input_shape, num_classes,
                                                                    expected):
   model = models.build_model(name, num_classes=num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_shape)),
-                                             train=False))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_shape)), train=False))
   assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(ValueError, match="valid names: small_cnn, resnet18_cifar"):
+  valid = ("small_cnn, resnet18_cifar, resnet34_cifar, resnet50_cifar, wrn28_10, wrn34_10, "
+           "resnet50_imagenet")
+  with pytest.raises(ValueError, match=f"^unknown model 'vgg16'; valid names: {valid}$"):
     models.build_model("vgg16", num_classes=10)

@@ -22,8 +22,9 @@ def final_logits(workdir, images):
 def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_path):
   uninterrupted = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
   interrupted_dir = str(tmp_path / "b")
-  partial = train.train_and_evaluate(tiny_config, interrupted_dir, interrupt_after_steps=3)
-  assert "final" not in partial and partial["train_log"][-1]["step"] == 2
+  # Step 4 is not a checkpoint step (every 3): the preemption checkpoint alone carries the run.
+  partial = train.train_and_evaluate(tiny_config, interrupted_dir, interrupt_after_steps=4)
+  assert "final" not in partial and partial["train_log"][-1]["step"] == 4
   resumed = train.train_and_evaluate(tiny_config, interrupted_dir)
 
   assert resumed["final"] == uninterrupted["final"]
@@ -78,12 +79,11 @@ def test_short_real_fashion_mnist_run_learns(tmp_path):
   config = fashion_mnist.get_config()
   config.dataset.data_dir = str(tmp_path / "tfds")
   config.model.base_width = 8
-  config.train.batch_size = 200
-  config.train.epochs = 1  # 300 steps
-  config.optim.lr_decay_epochs = ()
+  config.train.batch_size = 128
+  config.train.max_steps = 300
   config.train.log_every_steps = 100
   config.eval.num_examples = 1000
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   final = results["final"]
-  assert final["natural"]["clean"] > 0.6 and final["robust"]["clean"] > 0.5
-  assert final["robust"]["pgd"] > final["natural"]["pgd"]
+  assert final["natural"]["clean"] > 0.5 and final["robust"]["clean"] > 0.4
+  assert final["robust"]["pgd"] > final["natural"]["pgd"]  # ... and the robust one is robust

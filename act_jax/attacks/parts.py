@@ -40,6 +40,22 @@ def sign_gradient_step(adversarial: jax.Array, gradient: jax.Array, step_size: f
   return adversarial + step_size * jnp.sign(gradient)
 
 
+MAX_CPU_UNROLL = 32
+
+
+def loop_unroll(num_steps: int) -> int:
+  """How far to unroll the attack loop: fully on CPU (for short attacks), not at all elsewhere.
+
+  XLA:CPU runs convolutions inside a While body several times slower than the same convolutions
+  in straight-line code (jax-ml/jax#12868; measured 2.7x for the ACT attack on the small CNN),
+  so on CPU the `fori_loop` is unrolled. On GPU and TPU the rolled loop is as fast and compiles
+  in constant time.
+  """
+  if jax.default_backend() == "cpu" and num_steps <= MAX_CPU_UNROLL:
+    return max(num_steps, 1)
+  return 1
+
+
 def projected_sign_ascent(objective: Objective, start: jax.Array, project: Projection, *,
                           step_size: float, num_steps: int) -> jax.Array:
   """Runs `num_steps` of x' <- project(x' + step_size * sign(grad objective(x'))) in-graph.
@@ -52,4 +68,5 @@ def projected_sign_ascent(objective: Objective, start: jax.Array, project: Proje
   def body(_, adversarial):
     return project(sign_gradient_step(adversarial, gradient_fn(adversarial), step_size))
 
-  return jax.lax.stop_gradient(jax.lax.fori_loop(0, num_steps, body, start))
+  return jax.lax.stop_gradient(
+      jax.lax.fori_loop(0, num_steps, body, start, unroll=loop_unroll(num_steps)))

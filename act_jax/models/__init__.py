@@ -1,4 +1,9 @@
-"""Every ACT architecture, chosen by name (NHWC, [0, 1] inputs, no normalisation layer)."""
+"""Every ACT architecture, chosen by name.
+
+All models take NHWC float images in [0, 1] with no normalisation layer (ACT spec), are called
+as `model.apply(variables, x, train=...)`, keep float32 params and batch statistics, compute in
+`dtype`, and return float32 logits.
+"""
 
 import functools
 
@@ -25,7 +30,12 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32,
                 bn_axis_name: str | None = None, base_width: int | None = None) -> nn.Module:
-  """The named model; `base_width` None keeps the paper width (tests pass a small one)."""
+  """The named model.
+
+  `bn_axis_name` is the data-parallel axis to synchronise BatchNorm statistics over, or None
+  for per-device statistics. `base_width` None keeps the paper width (64 for the ResNets, 16
+  before the x10 widen factor for the WRNs, 32 for small_cnn); tests pass a small one.
+  """
   if name not in _MODELS:
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
   width = {} if base_width is None else {"width": base_width}

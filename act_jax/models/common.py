@@ -1,7 +1,11 @@
-"""Layers shared by every ACT model: He-initialised convolutions and PyTorch-equivalent BatchNorm."""
+"""Layers shared by every ACT model: He-initialised convolutions and PyTorch-equivalent BatchNorm.
 
+No model normalises its input: ACT's threat model (epsilon-balls, clipping to [0, 1]) is defined
+in raw pixel space, and the release feeds [0, 1] images straight into the network (ACT spec).
+"""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # He normal over fan_out: what torchvision and the TRADES WideResNet use for convolutions.
@@ -9,7 +13,11 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(features: int, kernel: int, stride: int, dtype: jnp.dtype) -> nn.Conv:
-  """A bias-free convolution ('SAME'-style symmetric padding as PyTorch's padding=kernel//2)."""
+  """A bias-free convolution (every conv feeds a BatchNorm) padded by kernel // 2 like PyTorch.
+
+  Explicit symmetric padding rather than 'SAME': for stride 2 on even inputs 'SAME' pads only
+  on the bottom/right, which would shift every strided layer against the PyTorch reference.
+  """
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
@@ -19,15 +27,17 @@ def conv(features: int, kernel: int, stride: int, dtype: jnp.dtype) -> nn.Conv:
 def batch_norm(train: bool, dtype: jnp.dtype, axis_name: str | None, **kwargs) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults (flax momentum 0.9 == torch momentum 0.1, eps 1e-5).
 
-  `axis_name` is the data-parallel axis when statistics are synchronised across devices.
+  `axis_name` is the data-parallel axis ("data") when statistics are synchronised across
+  devices, None for per-device statistics as under the release's plain DDP.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       param_dtype=jnp.float32, axis_name=axis_name, **kwargs)
 
 
-def classifier_head(x, num_classes: int, dtype: jnp.dtype):
-  """Global average pool and a float32 linear layer: logits always come out in float32."""
+def classifier_head(x: jax.Array, num_classes: int, dtype: jnp.dtype) -> jax.Array:
+  """Global average pool and a linear layer, with logits cast to float32.
+
+  Float32 logits let the losses use exact softmax arithmetic whatever the compute dtype.
+  """
   x = jnp.mean(x, axis=(1, 2))
   return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32)(x).astype(jnp.float32)
-
-

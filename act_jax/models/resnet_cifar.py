@@ -1,8 +1,9 @@
-"""CIFAR ResNets as in the ACT release: 3x3 stride-1 stem and no max-pool (ACT spec, recipes)."""
+"""CIFAR ResNet-18/34/50 as in the ACT release (kuangliu's pytorch-cifar architecture)."""
 
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from act_jax.models.blocks import residual_stages
@@ -10,7 +11,11 @@ from act_jax.models.common import batch_norm, classifier_head, conv
 
 
 class CifarResNet(nn.Module):
-  """stem conv3x3(w)-BN-ReLU at full 32x32 resolution, four residual stages, pool, linear."""
+  """Stem conv3x3(w)-BN-ReLU, four residual stages, global average pool, linear.
+
+  The stem is a stride-1 3x3 conv with no max-pool (ACT spec, CIFAR stem): on 32x32 inputs the
+  ImageNet 7x7/2 stem and pool would leave the last stage only 1x1 pixels to work on.
+  """
   block: Any
   stage_sizes: Sequence[int]
   num_classes: int
@@ -19,9 +24,9 @@ class CifarResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = conv(self.width, 3, 1, self.dtype)(x.astype(self.dtype))
     x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(x))
-    x = residual_stages(x, self.block, self.stage_sizes, self.width, 1, train, self.dtype,
+    x = residual_stages(x, self.block, self.stage_sizes, self.width, train, self.dtype,
                         self.bn_axis_name)
     return classifier_head(x, self.num_classes, self.dtype)

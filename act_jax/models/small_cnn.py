@@ -1,16 +1,30 @@
 """A small VGG-style CNN for 28x28 Fashion-MNIST, fast enough to train ACT on two CPU cores."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from act_jax.models.common import batch_norm, conv
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 stride-2 max-pool as a reshape and a max (odd rows/columns are dropped, as floor mode).
+
+  Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`, but its gradient is a cheap
+  elementwise mask instead of XLA:CPU's slow select-and-scatter: the ACT attack differentiates
+  through every pool K times a step, and this made the CPU step about 1.4x faster.
+  """
+  batch, height, width, channels = x.shape
+  x = x[:, :height - height % 2, :width - width % 2]
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+
+
 class SmallCNN(nn.Module):
-  """[conv-BN-ReLU x2, max-pool] at widths w and 2w, then a 8w hidden layer.
+  """[conv3x3-BN-ReLU x2, max-pool 2] at widths w and 2w, a Dense(8w)-ReLU, a Dense head.
 
   BatchNorm is kept on purpose: ACT's eval-mode attack and train-mode loss only differ for a
   model with BatchNorm, so the small model exercises the same semantics as the ResNets.
+  Flattening takes whatever spatial size is left, so any HxW of at least 4x4 works.
   """
   num_classes: int
   width: int = 32
@@ -18,14 +32,14 @@ class SmallCNN(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = x.astype(self.dtype)
     for features in (self.width, 2 * self.width):
       for _ in range(2):
         x = conv(features, 3, 1, self.dtype)(x)
         x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(8 * self.width, dtype=self.dtype, param_dtype=jnp.float32)(x))
-    return nn.Dense(self.num_classes, dtype=self.dtype,
-                    param_dtype=jnp.float32)(x).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
+    return logits.astype(jnp.float32)
