@@ -28,7 +28,10 @@ class TrainingPosition:
 def checkpoint_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
   """A manager under `workdir/checkpoints` that keeps the `max_to_keep` newest checkpoints."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options,
+  directory = epath.Path(workdir) / "checkpoints"
+  if "://" not in workdir:
+    directory = directory.absolute()  # orbax (tensorstore) rejects relative local paths
+  return ocp.CheckpointManager(directory, options=options,
                                item_names=("state", "position"))
 
 

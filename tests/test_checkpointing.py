@@ -1,0 +1,40 @@
+"""Checkpoints round-trip the ACT state, RNG and data position, and keep only the newest N."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from act_jax import checkpointing, parallel
+from act_jax.train_state import ACTState, ModelState
+
+
+def make_state(value: float) -> ACTState:
+  model = lambda: ModelState(params={"w": jnp.full((3,), value)}, batch_stats={"m": jnp.zeros(2)},
+                             opt_state=({"trace": jnp.full((3,), -value)},))
+  return parallel.replicate(ACTState(step=jnp.asarray(int(value), jnp.int32), natural=model(),
+                                     robust=model()), parallel.make_mesh())
+
+
+def test_round_trip_with_relative_workdir_and_keep_n(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  manager = checkpointing.checkpoint_manager("relative/workdir", max_to_keep=2)
+  rng = parallel.replicate(jax.random.PRNGKey(3), parallel.make_mesh())
+  for step in (1, 2, 3):
+    checkpointing.save(manager, make_state(float(step)), rng,
+                       checkpointing.TrainingPosition(step=step, batches_consumed=step))
+  manager.wait_until_finished()
+  assert manager.all_steps() == [2, 3]
+
+  restored = checkpointing.restore_latest(
+      checkpointing.checkpoint_manager("relative/workdir", max_to_keep=2), make_state(0.0), rng)
+  state, restored_rng, position = restored
+  assert position == checkpointing.TrainingPosition(step=3, batches_consumed=3)
+  np.testing.assert_array_equal(state.robust.params["w"], np.full(3, 3.0))
+  np.testing.assert_array_equal(state.natural.opt_state[0]["trace"], np.full(3, -3.0))
+  np.testing.assert_array_equal(restored_rng, jax.random.PRNGKey(3))
+
+
+def test_restore_latest_without_checkpoint_is_none(tmp_path):
+  manager = checkpointing.checkpoint_manager(str(tmp_path), max_to_keep=1)
+  rng = parallel.replicate(jax.random.PRNGKey(0), parallel.make_mesh())
+  assert checkpointing.restore_latest(manager, make_state(0.0), rng) is None
