@@ -9,7 +9,7 @@ import ml_collections
 
 from act_jax import attacks
 from act_jax.train_state import ACTState
-from act_jax.train_step import DATA_AXIS, Batch, Metrics, device_rng, eval_mode_logits
+from act_jax.train_step import DATA_AXIS, Batch, Metrics, eval_mode_logits, example_rngs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,8 @@ def eval_step(state: ACTState, batch: Batch, rng: jax.Array, *, model: nn.Module
   for name, model_state, model_rng in (("natural", state.natural, 0), ("robust", state.robust, 1)):
     logits_fn = eval_mode_logits(model, model_state.params, model_state.batch_stats)
     adversarial = attacks.pgd_linf(logits_fn, images, labels,
-                                   jax.random.fold_in(device_rng(rng, state.step), model_rng),
+                                   example_rngs(jax.random.fold_in(rng, model_rng), state.step,
+                                                images.shape[0]),
                                    eps=attack.eps, step_size=attack.step_size,
                                    num_steps=attack.num_steps)
     for kind, inputs in (("clean", images), ("pgd", adversarial)):

@@ -41,9 +41,15 @@ class ACTHyperparams:
                attack_loss_reduction=config.attack.loss_reduction)
 
 
-def device_rng(rng: jax.Array, step: jax.Array) -> jax.Array:
-  """A key unique to (step, device): every shard draws its own attack noise, never reused."""
-  return jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index(DATA_AXIS))
+def example_rngs(rng: jax.Array, step: jax.Array, local_batch_size: int) -> jax.Array:
+  """One key per example of this device's shard, from (rng, step, global example index).
+
+  Every shard gets its own attack noise, and the noise of the i-th example of the global batch
+  is the same however the batch is split across devices and hosts; no key is ever reused.
+  """
+  first = jax.lax.axis_index(DATA_AXIS) * local_batch_size
+  indices = first + jnp.arange(local_batch_size)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(rng, step), indices)
 
 
 def eval_mode_logits(model: nn.Module, params: Any, batch_stats: Any):
@@ -86,8 +92,8 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, model: nn.Modul
 
   adversarial_images = attacks.act_training_attack(
       eval_mode_logits(model, robust.params, robust.batch_stats), images, labels,
-      natural_logits_target, device_rng(rng, state.step), eps=hp.eps, step_size=hp.step_size,
-      num_steps=hp.num_steps, alpha=hp.robust_alpha, reduction=hp.attack_loss_reduction,
+      natural_logits_target, example_rngs(rng, state.step, images.shape[0]), eps=hp.eps,
+      step_size=hp.step_size, num_steps=hp.num_steps, alpha=hp.robust_alpha, reduction=hp.attack_loss_reduction,
       global_batch_size=global_batch_size)
 
   def robust_loss_fn(params):

@@ -16,6 +16,11 @@ def linear_model(weights, bias):
   return lambda images: images.reshape(images.shape[0], -1) @ weights + bias
 
 
+def keys(seed, count=4):
+  """One key per example, as the train and eval steps pass them."""
+  return jax.random.split(jax.random.PRNGKey(seed), count)
+
+
 def np_softmax(z):
   return np.exp(np_log_softmax(z))
 
@@ -48,15 +53,15 @@ def np_act_attack_step(images, start, labels, weights, bias, natural_logits, *, 
 @pytest.mark.parametrize("reduction", ["reference", "mean"])
 def test_one_act_attack_step_matches_numpy(problem, reduction):
   images, labels, weights, bias, natural_logits = problem
-  rng = jax.random.PRNGKey(3)
+  rng = keys(3)
   eps, step_size, alpha = 0.1, 0.03, 0.9
   adversarial = attacks.act_training_attack(
       linear_model(weights, bias), jnp.asarray(images), jnp.asarray(labels),
       jnp.asarray(natural_logits), rng, eps=eps, step_size=step_size, num_steps=1, alpha=alpha,
       reduction=reduction, global_batch_size=len(labels))
   start = np.asarray(parts.gaussian_init(rng, jnp.asarray(images), 0.001))
-  np.testing.assert_allclose(start - images, 0.001 * np.asarray(
-      jax.random.normal(rng, images.shape)), atol=1e-7)
+  noise = np.stack([np.asarray(jax.random.normal(k, images.shape[1:])) for k in rng])
+  np.testing.assert_allclose(start - images, 0.001 * noise, atol=1e-7)
   expected = np_act_attack_step(images, start, labels, weights, bias, natural_logits, alpha=alpha,
                                 eps=eps, step_size=step_size, reduction=reduction)
   np.testing.assert_allclose(adversarial, expected, atol=1e-6)
@@ -64,12 +69,13 @@ def test_one_act_attack_step_matches_numpy(problem, reduction):
 
 def test_one_pgd_step_matches_numpy(problem):
   images, labels, weights, bias, _ = problem
-  rng = jax.random.PRNGKey(4)
+  rng = keys(4)
   eps, step_size = 0.1, 0.03
   adversarial = attacks.pgd_linf(linear_model(weights, bias), jnp.asarray(images),
                                  jnp.asarray(labels), rng, eps=eps, step_size=step_size,
                                  num_steps=1)
-  noise = np.asarray(jax.random.uniform(rng, images.shape, minval=-eps, maxval=eps))
+  noise = np.stack([np.asarray(jax.random.uniform(k, images.shape[1:], minval=-eps, maxval=eps))
+                    for k in rng])
   start = np.clip(images + noise, 0, 1)
   logits = start.reshape(len(labels), -1) @ weights + bias
   gradient = ((np_softmax(logits) - np.eye(NUM_CLASSES)[labels]) @ weights.T).reshape(images.shape)
@@ -87,13 +93,21 @@ def test_adversarial_examples_stay_in_eps_ball_and_image_range(problem, attack):
   if attack == "act":
     adversarial = attacks.act_training_attack(
         linear_model(weights, bias), images, jnp.asarray(labels), jnp.asarray(natural_logits),
-        jax.random.PRNGKey(0), alpha=0.9, reduction="reference", global_batch_size=4, **kwargs)
+        keys(0), alpha=0.9, reduction="reference", global_batch_size=4, **kwargs)
   else:
     adversarial = attacks.pgd_linf(linear_model(weights, bias), images, jnp.asarray(labels),
-                                   jax.random.PRNGKey(0), **kwargs)
+                                   keys(0), **kwargs)
   assert float(jnp.max(jnp.abs(adversarial - images))) <= eps + 1e-6
   assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
   assert float(jnp.max(jnp.abs(adversarial - images))) > eps / 2  # it did move
+
+
+def test_noise_of_an_example_does_not_depend_on_the_rest_of_the_batch(problem):
+  images = jnp.asarray(problem[0])
+  whole = parts.gaussian_init(keys(5), images, 0.1)
+  halves = [parts.gaussian_init(keys(5)[i:i + 2], images[i:i + 2], 0.1) for i in (0, 2)]
+  np.testing.assert_array_equal(whole, jnp.concatenate(halves))
+  assert float(jnp.abs(whole[0] - whole[1] - (images[0] - images[1])).max()) > 0
 
 
 def test_attack_is_jittable_and_carries_no_gradient(problem):
@@ -101,7 +115,7 @@ def test_attack_is_jittable_and_carries_no_gradient(problem):
 
   def attacked_loss(images):
     adversarial = attacks.pgd_linf(linear_model(weights, bias), images, jnp.asarray(labels),
-                                   jax.random.PRNGKey(0), eps=0.1, step_size=0.01, num_steps=3)
+                                   keys(0), eps=0.1, step_size=0.01, num_steps=3)
     return jnp.sum(adversarial)
 
   assert float(jnp.abs(jax.jit(jax.grad(attacked_loss))(jnp.asarray(images))).max()) == 0.0

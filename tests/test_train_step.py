@@ -53,7 +53,8 @@ def train_forward(model, params, batch_stats, images):
 def reference_adversarial(model, state, batch, rng):
   natural_logits, _ = train_forward(model, state.natural.params, state.natural.batch_stats,
                                     batch["image"])
-  step_rng = jax.random.fold_in(jax.random.fold_in(rng, 0), 0)  # step 0, device 0
+  # step 0, one key per global example index
+  step_rng = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, 0), jnp.arange(BATCH))
   return attacks.act_training_attack(
       eval_mode_logits(model, state.robust.params, state.robust.batch_stats), batch["image"],
       batch["label"], natural_logits, step_rng, eps=HP.eps, step_size=HP.step_size,
@@ -143,7 +144,7 @@ def test_eval_mode_attack_differs_from_train_mode_attack(setup):
   train_mode = attacks.act_training_attack(
       lambda x: train_forward(model, state.robust.params, state.robust.batch_stats, x)[0],
       batch["image"], batch["label"], natural_logits,
-      jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(7), 0), 0), **common)
+      jax.random.split(jax.random.PRNGKey(7), BATCH), **common)
   assert float(jnp.abs(eval_mode - train_mode).max()) > 0
 
 

@@ -14,15 +14,24 @@ Objective = Callable[[jax.Array], jax.Array]
 Projection = Callable[[jax.Array], jax.Array]
 
 
-def gaussian_init(rng: jax.Array, images: jax.Array, std: float) -> jax.Array:
+def _per_example(sample, example_rngs: jax.Array, images: jax.Array) -> jax.Array:
+  """Draws one sample per example, each from its own key.
+
+  The noise of an example then depends only on its key, not on which device holds it or how
+  many examples share that device, so a data-parallel run draws what a single device draws.
+  """
+  return jax.vmap(lambda key: sample(key, images.shape[1:], images.dtype))(example_rngs)
+
+
+def gaussian_init(example_rngs: jax.Array, images: jax.Array, std: float) -> jax.Array:
   """x + std * N(0, I), deliberately not clipped: the ACT release starts its attack this way."""
-  return images + std * jax.random.normal(rng, images.shape, images.dtype)
+  return images + std * _per_example(jax.random.normal, example_rngs, images)
 
 
-def uniform_init(rng: jax.Array, images: jax.Array, eps: float) -> jax.Array:
+def uniform_init(example_rngs: jax.Array, images: jax.Array, eps: float) -> jax.Array:
   """x + U(-eps, eps), clipped to the valid image range [0, 1]."""
-  noise = jax.random.uniform(rng, images.shape, images.dtype, minval=-eps, maxval=eps)
-  return jnp.clip(images + noise, 0.0, 1.0)
+  sample = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -eps, eps)
+  return jnp.clip(images + _per_example(sample, example_rngs, images), 0.0, 1.0)
 
 
 def linf_projection(images: jax.Array, eps: float) -> Projection:
