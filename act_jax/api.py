@@ -41,7 +41,7 @@ def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax
   template = jax.jit(lambda rng: create_act_state(model, tx, rng, info.image_shape),
                      out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(
                          jax.random.PRNGKey(0))
-  manager = checkpointing.checkpoint_manager(workdir, max_to_keep=1)
+  manager = checkpointing.checkpoint_manager(workdir, max_to_keep=None, read_only=True)
   restored = checkpointing.restore_latest(manager, template, parallel.replicate(
       jax.random.PRNGKey(0), mesh))
   if restored is None:

@@ -25,9 +25,14 @@ class TrainingPosition:
   batches_consumed: int
 
 
-def checkpoint_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
-  """A manager under `workdir/checkpoints` that keeps the `max_to_keep` newest checkpoints."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+def checkpoint_manager(workdir: str, max_to_keep: int | None,
+                       read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager under `workdir/checkpoints` that keeps the `max_to_keep` newest checkpoints.
+
+  `read_only` managers (for loading a finished run) never create or delete anything.
+  """
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                         read_only=read_only)
   directory = epath.Path(workdir) / "checkpoints"
   if "://" not in workdir:
     directory = directory.absolute()  # orbax (tensorstore) rejects relative local paths

@@ -52,11 +52,13 @@ def test_results_json_and_load_model(tiny_config, tmp_path):
   batches = list(input_pipeline.eval_batches(
       "fashion_mnist", per_process_batch_size=32, data_dir=tiny_config.dataset.data_dir,
       fashion_mnist_dir=tiny_config.dataset.fashion_mnist_dir))
+  checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   for which in ("natural", "robust"):
     model_fn = act_jax.load_model(workdir, which)
     correct = sum(float(np.sum((np.argmax(model_fn(b["image"]), -1) == b["label"]) * b["mask"]))
                   for b in batches)
     assert correct / 32 == pytest.approx(final[which]["clean"])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints  # read-only
   with pytest.raises(ValueError, match="robust, natural"):
     act_jax.load_model(workdir, "teacher")
 
