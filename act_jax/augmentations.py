@@ -26,23 +26,29 @@ def _split_seed(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   return first, second
 
 
-def cifar_train(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def cifar_train(images: tf.Tensor, seed: tf.Tensor, *, first_row: int = 0,
+                global_batch_size: int | None = None) -> tf.Tensor:
   """Reflect-pad 4, random crop back to the original size, random horizontal flip.
 
   Works on a whole batch [b, H, W, C] at once (each image gets its own crop and flip, drawn
-  from the batch's seed): per-example tf.data maps are several times slower here.
+  from the batch's seed): per-example tf.data maps are several times slower here. When `images`
+  are rows first_row..first_row+b of a global batch of `global_batch_size` (this process's part
+  of it), the crops and flips are drawn for the whole global batch and this part's rows kept,
+  so an image is augmented the same way however many processes share the batch.
   """
   crop_seed, flip_seed = _split_seed(seed)
   batch, height, width = tf.unstack(tf.shape(images)[:3])
+  drawn = global_batch_size or batch
   pad = [[0, 0], [CIFAR_PADDING, CIFAR_PADDING], [CIFAR_PADDING, CIFAR_PADDING], [0, 0]]
   padded = tf.pad(images, pad, mode="REFLECT")
-  offsets = tf.random.stateless_uniform([batch, 2], crop_seed, minval=0,
+  offsets = tf.random.stateless_uniform([drawn, 2], crop_seed, minval=0,
                                         maxval=2 * CIFAR_PADDING + 1, dtype=tf.int32)
+  offsets = offsets[first_row:first_row + batch]
   rows = offsets[:, :1] + tf.range(height)  # [b, H]: the rows each image keeps
   columns = offsets[:, 1:] + tf.range(width)
   cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
   cropped = tf.gather(cropped, columns, axis=2, batch_dims=1)
-  flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
+  flip = (tf.random.stateless_uniform([drawn], flip_seed) < 0.5)[first_row:first_row + batch]
   return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
 
 

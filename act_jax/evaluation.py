@@ -25,7 +25,7 @@ def evaluate(distributed_eval_step: Callable, state: ACTState, batches: Iterable
     sums = counts if sums is None else jax.tree.map(lambda a, b: a + b, sums, counts)
   if sums is None:
     raise ValueError("the evaluation split yielded no batches")
-  sums = jax.device_get(sums)
+  sums = parallel.fetch_replicated(sums)
   count = float(sums["count"])
   return {name: {kind: float(sums[f"{name}/{kind}_correct"]) / count for kind in ("clean", "pgd")}
           for name in ("natural", "robust")} | {"num_examples": int(count)}

@@ -3,14 +3,21 @@
 TensorFlow and TFDS are imported inside the functions, so that `import act_jax.input_pipeline`
 (and anything that only needs the names here) works on a machine without TensorFlow.
 
-Training batches are a pure function of (dataset, seed, step, process, batch size): epoch e is
-shuffled with a seed derived from (seed, process, e), and augmentation is seeded by (seed,
-process, e, position in the epoch) -- of the example for ImageNet, of the batch for the small
-in-memory datasets, which augment a whole batch at once -- using only stateless random ops.
-So `train_batches(..., start_step=k)` yields exactly what an uninterrupted iterator yields from
-step k on, which is how training resumes after preemption without saving iterator state.
+Training batches are a pure function of (dataset, seed, step, process, batch size), drawn with
+stateless random ops only. So `train_batches(..., start_step=k)` yields exactly what an
+uninterrupted iterator yields from step k on, which is how training resumes after preemption
+without saving iterator state.
 
-Each process reads only its own part of every split (`tfds.split_for_jax_process`).
+How the processes of a multi-host run share the data depends on the dataset's size:
+
+* ImageNet: each process reads only its own part of every split (`tfds.split_for_jax_process`),
+  shuffles it with a seed from (seed, process, epoch) and augments each example with a seed
+  from (seed, process, epoch, position).
+* Fashion-MNIST and CIFAR (at most ~150 MB decoded): each process holds the split in memory,
+  draws the same global permutation from (seed, epoch) and gathers and augments only its own
+  rows of every global batch. The global batches, and so the whole run, are then the same for
+  any number of processes, and a run restored on a different number of hosts continues the
+  very same data stream.
 """
 
 import dataclasses
@@ -137,29 +144,31 @@ def steps_per_epoch(name: str, *, global_batch_size: int, data_dir: str | None =
                     fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR) -> int:
   """Full global batches per epoch, as `train_batches` counts them.
 
-  Every process has floor(num_train / process_count) examples (the split drops the remainder)
-  and takes whole batches of global_batch_size / process_count from them.
+  A small dataset is cut into whole global batches. For ImageNet every process has
+  floor(num_train / process_count) examples (the split drops the remainder) and takes whole
+  batches of global_batch_size / process_count from them.
   """
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} does not split over {process_count} "
                      "processes")
   num_train = dataset_info(name, data_dir=data_dir, fashion_mnist_dir=fashion_mnist_dir).num_train
+  if name in _SMALL_SHAPES:
+    return num_train // global_batch_size
   return (num_train // process_count) // (global_batch_size // process_count)
 
 
 @functools.lru_cache(maxsize=8)
-def _arrays(name: str, split: str, process_index: int, process_count: int, drop_remainder: bool,
-            data_dir: str | None, fashion_mnist_dir: str) -> tuple[np.ndarray, np.ndarray]:
-  """This process's part of a small split, decoded once into memory (at most ~150 MB).
+def _arrays(name: str, split: str, data_dir: str | None,
+            fashion_mnist_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole small split, decoded once into memory (at most ~150 MB), in its stored order.
 
   Cached by its arguments, so that each evaluation does not decode the test split again.
   """
   builder = _builder(name, data_dir, fashion_mnist_dir)
-  process_split = _process_split(split, process_index, process_count, drop_remainder)
-  examples = builder.as_dataset(split=process_split)
+  examples = builder.as_dataset(split=split, shuffle_files=False)
   # One batch of exactly the split's size (TFDS's batch_size=-1 needs split metadata, which
   # tfds.testing.mock_data does not provide).
-  examples = examples.batch(_num_examples(builder, process_split)).get_single_element()
+  examples = examples.batch(_num_examples(builder, split)).get_single_element()
   return examples["image"].numpy(), examples["label"].numpy().astype(np.int32)
 
 
@@ -183,9 +192,10 @@ def _epochs(first_epoch: int, epoch_items: Callable[[Any], Any]) -> Any:
 
 
 def _in_memory_train(name: str, images: np.ndarray, labels: np.ndarray, *, batch: int,
-                     first_epoch: int, offset_steps: int, shuffle_seed: Callable[[Any], Any],
+                     first_row: int, global_batch: int, first_epoch: int, offset_steps: int,
+                     shuffle_seed: Callable[[Any], Any],
                      augment_seed: Callable[[Any, Any], Any]) -> Any:
-  """Batches of a small dataset: epochs of index batches, gathered and augmented per batch.
+  """This process's rows first_row..first_row+batch of every global batch of a small dataset.
 
   The items are whole batches of indices, so the resume offset is skipped without touching
   any image, and gathering and augmenting a batch at once is much faster than per example.
@@ -193,16 +203,19 @@ def _in_memory_train(name: str, images: np.ndarray, labels: np.ndarray, *, batch
   tf = _tf()
   from act_jax import augmentations  # pylint: disable=g-import-not-at-top  (imports TF)
   images, labels = tf.constant(images), tf.constant(labels)
-  steps = len(labels) // batch
+  steps = len(labels) // global_batch
 
   def epoch_items(epoch):
     order = tf.random.experimental.stateless_shuffle(tf.range(len(labels)), shuffle_seed(epoch))
-    return tf.data.Dataset.from_tensor_slices(tf.reshape(order[:steps * batch], [steps, batch]))
+    global_batches = tf.reshape(order[:steps * global_batch], [steps, global_batch])
+    return tf.data.Dataset.from_tensor_slices(global_batches[:, first_row:first_row + batch])
 
   def make_batch(epoch, step, indices):
     batch_images = tf.gather(images, indices)
     if name in ("cifar10", "cifar100"):
-      batch_images = augmentations.cifar_train(batch_images, augment_seed(epoch, step))
+      batch_images = augmentations.cifar_train(batch_images, augment_seed(epoch, step),
+                                               first_row=first_row,
+                                               global_batch_size=global_batch)
     return {"image": augmentations.to_unit_range(batch_images),
             "label": tf.gather(labels, indices)}
 
@@ -257,49 +270,46 @@ def train_batches(name: str, *, per_process_batch_size: int, seed: int, start_st
                   fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR) -> Iterator[Batch]:
   """Endless {"image": float32 [b, H, W, C] in [0, 1], "label": int32 [b]} batches.
 
-  The first batch is the one an uninterrupted iterator yields at step `start_step`. Each epoch
-  drops its last partial batch; every process has the same number of batches per epoch.
+  This process's part of each global batch of per_process_batch_size * process_count. The first
+  batch is the one an uninterrupted iterator yields at step `start_step`. Each epoch drops its
+  last partial batch; every process has the same number of batches per epoch.
   """
   _check_name(name)
   tf, tfds = _tf(), _tfds()
   batch = per_process_batch_size
   if name in _SMALL_SHAPES:
-    images, labels = _arrays(name, "train", process_index, process_count, True, data_dir,
-                             fashion_mnist_dir)
-    num_examples = len(labels)
+    images, labels = _arrays(name, "train", data_dir, fashion_mnist_dir)
+    # Every process holds the whole split: its "process" in the seeds below is 0 for all.
+    num_examples, batch, seed_process = len(labels), batch * process_count, 0
   else:
     builder = _builder(name, data_dir, fashion_mnist_dir)
     split = _process_split("train", process_index, process_count, drop_remainder=True)
     records = builder.as_dataset(split=split, shuffle_files=False,
                                  decoders={"image": tfds.decode.SkipDecoding()})
-    num_examples = _num_examples(builder, split)
+    num_examples, seed_process = _num_examples(builder, split), process_index
   if num_examples < batch:
-    raise ValueError(f"{name}: {num_examples} training examples per process, fewer than one "
-                     f"batch of {batch}")
+    raise ValueError(f"{name}: {num_examples} training examples, fewer than one batch of "
+                     f"{batch}")
   first_epoch, offset_steps = divmod(start_step, num_examples // batch)
-  position = dict(batch=batch, first_epoch=first_epoch, offset_steps=offset_steps,
-                  shuffle_seed=functools.partial(_seed, seed, process_index, 0),
-                  augment_seed=functools.partial(_seed, seed, process_index, 1))
+  position = dict(first_epoch=first_epoch, offset_steps=offset_steps,
+                  shuffle_seed=functools.partial(_seed, seed, seed_process, 0),
+                  augment_seed=functools.partial(_seed, seed, seed_process, 1))
   if name in _SMALL_SHAPES:
-    batches = _in_memory_train(name, images, labels, **position)
+    batches = _in_memory_train(name, images, labels, batch=per_process_batch_size,
+                               first_row=process_index * per_process_batch_size,
+                               global_batch=batch, **position)
   else:
     batches = _imagenet_train(records, num_examples, image_size or DEFAULT_IMAGENET_SIZE,
-                              **position)
+                              batch=batch, **position)
   return _deterministic(batches.prefetch(tf.data.AUTOTUNE)).as_numpy_iterator()
 
 
-def _eval_examples(name: str, split: str, process_index: int, process_count: int,
-                   data_dir: str | None, image_size: int | None, fashion_mnist_dir: str) -> Any:
-  """This process's part of `split` as {"image": float32 [0, 1], "label": int32} examples."""
+def _imagenet_eval_examples(split: str, process_index: int, process_count: int,
+                            data_dir: str | None, image_size: int | None) -> Any:
+  """This process's part of an ImageNet split as {"image": float32 [0, 1], "label"} examples."""
   tf = _tf()
   from act_jax import augmentations  # pylint: disable=g-import-not-at-top  (imports TF)
-  if name in _SMALL_SHAPES:
-    images, labels = _arrays(name, split, process_index, process_count, False, data_dir,
-                             fashion_mnist_dir)
-    examples = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
-    return examples.map(lambda e: {"image": augmentations.to_unit_range(e["image"]),
-                                   "label": e["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
-  builder = _builder(name, data_dir, fashion_mnist_dir)
+  builder = _builder("imagenet2012", data_dir, DEFAULT_FASHION_MNIST_DIR)
   size = image_size or DEFAULT_IMAGENET_SIZE
   records = builder.as_dataset(split=_process_split(split, process_index, process_count, False),
                                shuffle_files=False)
@@ -308,15 +318,34 @@ def _eval_examples(name: str, split: str, process_index: int, process_count: int
       "label": tf.cast(e["label"], tf.int32)}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _in_memory_eval(images: np.ndarray, labels: np.ndarray, *, batch: int, process_index: int,
+                    process_count: int) -> Iterator[Batch]:
+  """This process's rows of each padded global batch of a small split, in the split's order."""
+  global_batch = batch * process_count
+  num_batches = _ceil_div(len(labels), global_batch)
+  padding = num_batches * global_batch - len(labels)
+  mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(padding, np.float32)])
+  indices = np.concatenate([np.arange(len(labels)), np.zeros(padding, np.int64)])
+  rows = indices.reshape(num_batches, global_batch)[:, process_index * batch:][:, :batch]
+  masks = mask.reshape(num_batches, global_batch)[:, process_index * batch:][:, :batch]
+  for batch_rows, batch_mask in zip(rows, masks):
+    black = batch_mask[:, None, None, None]
+    yield {"image": images[batch_rows].astype(np.float32) / 255.0 * black,
+           "label": np.where(batch_mask > 0, labels[batch_rows], 0).astype(np.int32),
+           "mask": batch_mask}
+
+
 def eval_batches(name: str, *, per_process_batch_size: int, split: str = "test",
                  num_examples: int | None = None, data_dir: str | None = None,
                  image_size: int | None = None, process_index: int = 0, process_count: int = 1,
                  fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR) -> Iterator[Batch]:
   """One pass over the first `num_examples` (default: all) of `split`, with a float32 "mask".
 
-  Batches are padded to full size (mask 0), so the eval step compiles once; every process yields
-  the same number of them, so that a collective eval step never waits on a process that has
-  run out of data. Each real example appears in exactly one process's batches.
+  Batches are padded to full size (mask 0, label 0, black image), so the eval step compiles
+  once; every process yields the same number of them, so that a collective eval step never
+  waits on a process that has run out of data. Each real example appears in exactly one
+  process's batches; for the small datasets the global batches do not depend on the number of
+  processes (see the module docstring).
   """
   _check_name(name)
   tf = _tf()
@@ -326,9 +355,12 @@ def eval_batches(name: str, *, per_process_batch_size: int, split: str = "test",
   if num_examples is not None and num_examples < total:  # TFDS rejects slices past the end
     split, total = f"{split}[:{num_examples}]", num_examples
   batch = per_process_batch_size
+  if name in _SMALL_SHAPES:
+    images, labels = _arrays(name, split, data_dir, fashion_mnist_dir)
+    return _in_memory_eval(images, labels, batch=batch, process_index=process_index,
+                           process_count=process_count)
   num_batches = _ceil_div(_ceil_div(total, process_count), batch)  # of the largest part
-  examples = _eval_examples(name, split, process_index, process_count, data_dir, image_size,
-                            fashion_mnist_dir)
+  examples = _imagenet_eval_examples(split, process_index, process_count, data_dir, image_size)
   examples = examples.map(lambda e: {**e, "mask": tf.constant(1.0)})
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros(_image_shape(name, image_size), tf.float32),

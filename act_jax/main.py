@@ -1,7 +1,9 @@
 """Command line: `python -m act_jax.main --config=configs/fashion_mnist.py --workdir=DIR`.
 
 Any config field can be overridden, e.g. `--config.train.epochs=3 --config.attack.eps=0.05`.
-Running the same command again resumes from the newest checkpoint in DIR.
+Running the same command again resumes from the newest checkpoint in DIR. On a TPU pod or a GPU
+cluster every process runs this same command (see launch/); `--distributed` says whether to
+join the others first.
 """
 
 import sys
@@ -9,13 +11,17 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from act_jax import config_validation, train
+from act_jax import config_validation, distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Path to an ACT config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and results.json go.",
                     required=True)
+flags.DEFINE_enum("distributed", "auto", distributed.MODES,
+                  "Call jax.distributed.initialize() first: 'on' (TPU pods, Slurm, Open MPI, or "
+                  "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), 'off', or 'auto' "
+                  "(when the environment describes several processes).")
 
 
 def main(argv: list[str]) -> None:
@@ -23,6 +29,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.is_parsed() or FLAGS["verbosity"].present == 0:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file operation at INFO
+  distributed.initialize(FLAGS.distributed)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except config_validation.ConfigError as error:

@@ -34,6 +34,15 @@ def shard_host_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def fetch_replicated(tree: Any) -> Any:
+  """Host (NumPy) copies of replicated arrays, from this process's first shard of each.
+
+  `jax.device_get` refuses arrays that span other processes' devices; a replicated array
+  holds the whole value in every shard, so the local one is enough.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def distribute_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
   """`(state, batch, rng) -> (state, metrics)` compiled over `mesh`, donating the old state.
 

@@ -20,6 +20,7 @@ class Progress:
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
                           unit="step", dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
     self._batch = global_batch_size
+    self._enabled = enabled
     self._last_step, self._last_time = start_step, time.perf_counter()
 
   def update(self, step: int, metrics: Mapping[str, float]) -> float:
@@ -38,7 +39,9 @@ class Progress:
     self._last_time = time.perf_counter()
 
   def write(self, message: str) -> None:
-    self._bar.write(message, file=sys.stdout)
+    """Prints above the bar; like the bar, only where enabled (on process 0)."""
+    if self._enabled:
+      self._bar.write(message, file=sys.stdout)
 
   def close(self) -> None:
     self._bar.close()

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from act_jax import (checkpointing, config_validation, evaluation, models, optimizers, parallel,
                      reporting)
@@ -28,22 +29,42 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *, bn_axis_
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM (what cluster schedulers and TPU maintenance send before killing a job)."""
+  """Set by SIGTERM (what cluster schedulers and TPU maintenance send before killing a job).
 
-  def __init__(self):
+  Only for single-process runs. With several processes, JAX's preemption service catches the
+  signal and `CheckpointManager.reached_preemption` lets all processes agree on the step at
+  which to stop; a flag raised in one process only would leave the others waiting.
+  """
+
+  def __init__(self, install: bool):
     self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = signal.signal(signal.SIGTERM, self._handle) if install else None
 
   def _handle(self, signum, frame):
     del signum, frame
     self.raised = True
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _prepare_dataset_chief_first(name: str, data_kwargs: dict[str, Any], is_chief: bool) -> Any:
+  """Dataset metadata, preparing the TFDS dataset if needed: process 0 first, then the others.
+
+  Processes that share `data_dir` (a bucket, or one machine's disk) then find it prepared
+  instead of racing to write it; processes on other hosts with a local `data_dir` prepare
+  their own copy.
+  """
+  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF is heavy)
+  info = input_pipeline.dataset_info(name, **data_kwargs) if is_chief else None
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("act_jax: dataset prepared by process 0")
+  return info if is_chief else input_pipeline.dataset_info(name, **data_kwargs)
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-  fetched = jax.device_get(history)
+  fetched = parallel.fetch_replicated(history)
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
@@ -86,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   data_kwargs = dict(data_dir=config.dataset.data_dir, image_size=config.dataset.image_size,
                      fashion_mnist_dir=config.dataset.fashion_mnist_dir)
-  info = input_pipeline.dataset_info(config.dataset.name, **data_kwargs)
+  info = _prepare_dataset_chief_first(config.dataset.name, data_kwargs, is_chief)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       config.dataset.name, global_batch_size=config.train.batch_size,
       data_dir=config.dataset.data_dir, process_count=jax.process_count(),
@@ -144,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = reporting.Progress(total_steps=total_steps, start_step=position.step,
                                 global_batch_size=config.train.batch_size, enabled=is_chief)
   writer = reporting.ScalarWriter(workdir, enabled=is_chief)
-  preemption = _PreemptionFlag()
+  preemption = _PreemptionFlag(install=jax.process_count() == 1)
   history = []
   step = run_start_step = position.step
   try:

@@ -131,12 +131,33 @@ def test_seeds_and_epochs_shuffle_differently(fashion):
   assert first != epoch(0, start_step=6)  # the next epoch is reshuffled
 
 
-def test_processes_read_disjoint_train_shards(fashion):
-  shards = [real_examples(take(input_pipeline.train_batches(
-      "fashion_mnist", per_process_batch_size=4, seed=0, process_index=index, process_count=2,
-      **fashion), 6)) for index in (0, 1)]
-  assert all(len(set(shard)) == 24 for shard in shards)  # 25 examples each, 6 batches of 4
-  assert not set(shards[0]) & set(shards[1])
+@pytest.mark.parametrize("start_step", [0, 7])
+def test_processes_split_each_global_batch(fashion, start_step):
+  """Two processes' parts of every batch, side by side, are the one-process batch."""
+  def batches(index, count):
+    return take(input_pipeline.train_batches(
+        "fashion_mnist", per_process_batch_size=8 // count, seed=0, start_step=start_step,
+        process_index=index, process_count=count, **fashion), 8)
+  parts = [batches(index, 2) for index in (0, 1)]
+  joined = [{key: np.concatenate([first[key], second[key]]) for key in first}
+            for first, second in zip(*parts)]
+  assert_batches_equal(joined, batches(0, 1))
+  rest_of_epoch = 6 - start_step % 6  # 6 global batches an epoch; no example twice in one
+  assert not (set(real_examples(parts[0][:rest_of_epoch]))
+              & set(real_examples(parts[1][:rest_of_epoch])))
+
+
+def test_processes_split_augmented_cifar_batches(tmp_path):
+  with tfds.testing.mock_data(num_examples=24):
+    def batches(index, count):
+      return take(input_pipeline.train_batches(
+          "cifar10", per_process_batch_size=8 // count, seed=2, process_index=index,
+          process_count=count, data_dir=str(tmp_path)), 4)
+    parts = [batches(index, 2) for index in (0, 1)]
+    whole = batches(0, 1)
+  joined = [{key: np.concatenate([first[key], second[key]]) for key in first}
+            for first, second in zip(*parts)]
+  assert_batches_equal(joined, whole)
 
 
 @pytest.mark.parametrize("num_examples", [None, 9, 15, 1000])
@@ -145,8 +166,12 @@ def test_processes_evaluate_every_example_exactly_once(fashion, num_examples):
       "fashion_mnist", per_process_batch_size=4, num_examples=num_examples, process_index=index,
       process_count=2, **fashion)) for index in (0, 1)]
   assert len(runs[0]) == len(runs[1])  # a collective eval step never waits for a process
-  whole = list(input_pipeline.eval_batches("fashion_mnist", per_process_batch_size=4,
+  whole = list(input_pipeline.eval_batches("fashion_mnist", per_process_batch_size=8,
                                            num_examples=num_examples, **fashion))
+  assert len(whole) == len(runs[0])
+  for first, second, joined in zip(*runs, whole):  # the same global batches as one process
+    for key in joined:
+      np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), joined[key])
   expected = real_examples(whole)
   assert len(expected) == min(num_examples or NUM_TEST, NUM_TEST)
   assert sorted(real_examples(runs[0]) + real_examples(runs[1])) == sorted(expected)
