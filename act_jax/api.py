@@ -36,7 +36,8 @@ def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax
                              dtype=jnp.dtype(config.model.dtype),
                              base_width=config.model.base_width)
   # Only the structure matters for restoring; the schedule length does not affect it.
-  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1)
+  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1,
+                                                global_batch_size=config.train.batch_size)
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   template = jax.jit(lambda rng: create_act_state(model, tx, rng, info.image_shape),
                      out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(

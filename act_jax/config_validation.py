@@ -75,6 +75,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _non_negative(config, f"{prefix}.step_size")
     _positive_int(config, f"{prefix}.num_steps", allow_zero=True)
   _positive(config, "optim.learning_rate")
+  if config.optim.base_batch_size is not None:
+    _positive_int(config, "optim.base_batch_size")
+  _non_negative(config, "optim.warmup_epochs")
   _in_range(config, "optim.momentum", 0.0, 1.0)
   _non_negative(config, "optim.weight_decay")
   _positive(config, "optim.lr_decay_factor")

@@ -1,23 +1,47 @@
-"""SGD with PyTorch-style coupled weight decay and piecewise-constant learning-rate schedules."""
+"""SGD with PyTorch-style coupled weight decay, and the learning-rate schedule around it."""
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 
-def learning_rate_schedule(optim_config: ml_collections.ConfigDict,
-                           steps_per_epoch: int) -> optax.Schedule:
-  """lr, multiplied by `lr_decay_factor` at each epoch in `lr_decay_epochs`.
+def peak_learning_rate(optim_config: ml_collections.ConfigDict,
+                       global_batch_size: int | None) -> float:
+  """`learning_rate`, scaled linearly with the batch when `base_batch_size` is set.
+
+  Linear scaling (Goyal et al. 2017): lr = learning_rate * global_batch_size / base_batch_size,
+  so a recipe stated for one batch size keeps its per-example step size at another.
+  """
+  base = optim_config.get("base_batch_size")
+  if base is None:
+    return optim_config.learning_rate
+  if global_batch_size is None:
+    raise ValueError("optim.base_batch_size is set: the global batch size is needed to scale "
+                     "the learning rate")
+  return optim_config.learning_rate * global_batch_size / base
+
+
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict, steps_per_epoch: int, *,
+                           global_batch_size: int | None = None) -> optax.Schedule:
+  """The peak lr, multiplied by `lr_decay_factor` at each epoch in `lr_decay_epochs`.
 
   The release steps its schedule at epoch boundaries; converting the epochs to step counts gives
-  the same learning rate at every step.
+  the same learning rate at every step. With `warmup_epochs` > 0 the lr first ramps linearly
+  from peak / warmup_steps to the peak, as large-batch ImageNet training needs (Goyal et al.).
   """
   boundaries = {int(epoch * steps_per_epoch): optim_config.lr_decay_factor
                 for epoch in optim_config.lr_decay_epochs}
-  return optax.piecewise_constant_schedule(optim_config.learning_rate, boundaries)
+  decayed = optax.piecewise_constant_schedule(
+      peak_learning_rate(optim_config, global_batch_size), boundaries)
+  warmup_steps = int(optim_config.get("warmup_epochs", 0) * steps_per_epoch)
+  if warmup_steps <= 0:
+    return decayed
+  return lambda step: decayed(step) * jnp.minimum(1.0, (step + 1) / warmup_steps)
 
 
-def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict,
-                                  steps_per_epoch: int) -> optax.GradientTransformation:
+def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                                  *, global_batch_size: int | None = None
+                                  ) -> optax.GradientTransformation:
   """What `torch.optim.SGD(momentum=m, weight_decay=wd)` does.
 
   PyTorch adds wd * p to the gradient *before* the momentum buffer (coupled, not AdamW-style
@@ -26,6 +50,7 @@ def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict,
   """
   return optax.chain(
       optax.add_decayed_weights(optim_config.weight_decay),
-      optax.sgd(learning_rate_schedule(optim_config, steps_per_epoch),
+      optax.sgd(learning_rate_schedule(optim_config, steps_per_epoch,
+                                       global_batch_size=global_batch_size),
                 momentum=optim_config.momentum, nesterov=False),
   )

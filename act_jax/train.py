@@ -118,7 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sync_batch_norm = config.model.sync_batch_norm and mesh.size > 1
   bn_axis_name = parallel.DATA_AXIS if sync_batch_norm else None
   model = build_model(config, info.num_classes, bn_axis_name=bn_axis_name)
-  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch)
+  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch,
+                                                global_batch_size=config.train.batch_size)
   root_rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng, eval_rng = jax.random.split(root_rng, 3)
   state = jax.jit(functools.partial(create_act_state, model, tx, image_shape=info.image_shape),
@@ -133,7 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_chief:
       print(f"Resuming from step {position.step} in {workdir}", flush=True)
 
-  schedule = optimizers.learning_rate_schedule(config.optim, steps_per_epoch)
+  schedule = optimizers.learning_rate_schedule(config.optim, steps_per_epoch,
+                                               global_batch_size=config.train.batch_size)
   distributed_train_step = parallel.distribute_train_step(
       functools.partial(train_step, model=model, tx=tx, hp=ACTHyperparams.from_config(config),
                         learning_rate_fn=schedule), mesh)

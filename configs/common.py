@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.1
+  # Set: the lr above is for this global batch and scales linearly with train.batch_size.
+  config.optim.base_batch_size = config_dict.placeholder(int)
+  config.optim.warmup_epochs = 0.0  # linear warmup to the peak lr (large-batch runs)
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
   config.optim.lr_decay_epochs = (60, 120, 160)

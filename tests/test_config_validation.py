@@ -36,6 +36,8 @@ BAD_VALUES = [
     ("optim.momentum", 1.5, r"\[0.0, 1.0\]"),
     ("optim.weight_decay", -1e-4, ">= 0"),
     ("optim.lr_decay_epochs", (3, 2), "increasing"),
+    ("optim.base_batch_size", 0, "integer >= 1"),
+    ("optim.warmup_epochs", -1.0, ">= 0"),
     ("train.epochs", 0, "integer >= 1"),
     ("train.max_steps", 0, "integer >= 1"),
     ("train.batch_size", 100, "divisible by the number of devices"),
