@@ -12,7 +12,8 @@ def test_eight_device_step_equals_one_device_step():
   """Loss, grads (through the updated params), BN statistics and PGD noise all agree.
 
   Cross-replica BatchNorm over the "data" axis, the attack's per-example keys and its
-  global-batch normalisation make the sharded step compute the single-device step.
+  global-batch normalisation make the sharded step compute the single-device step. With
+  per-device BatchNorm, the new running statistics are the mean of each shard's own.
   """
   environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                      PYTHONPATH=REPO)
@@ -22,5 +23,7 @@ def test_eight_device_step_equals_one_device_step():
   differences = json.loads(result.stdout.strip().splitlines()[-1])
   assert differences["num_devices"] == 8
   assert differences["update_size"] > 1e-3  # the step really moved the parameters
-  for key in ("params", "robust_params", "batch_stats", "metrics"):
+  for key in ("params", "robust_params", "batch_stats", "metrics", "per_device_bn"):
     assert differences[key] < 1e-5, (key, differences)
+  # The switch matters: per-device variances differ from the variance over the global batch.
+  assert differences["per_device_vs_sync_bn"] > 1e-4

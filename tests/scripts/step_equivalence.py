@@ -23,8 +23,8 @@ HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.
                     step_size=0.02, num_steps=3, attack_loss_reduction="reference")
 
 
-def run(devices, state, batch, rng):
-  model = models.build_model("small_cnn", num_classes=10, base_width=4, bn_axis_name="data")
+def run(devices, state, batch, rng, bn_axis_name="data"):
+  model = models.build_model("small_cnn", num_classes=10, base_width=4, bn_axis_name=bn_axis_name)
   optim = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
                                          lr_decay_epochs=(), lr_decay_factor=0.1))
   tx = optimizers.sgd_with_coupled_weight_decay(optim, 10)
@@ -50,6 +50,14 @@ def main():
   rng = jax.random.PRNGKey(1)
   many_state, many_metrics = run(jax.devices(), state, batch, rng)
   one_state, one_metrics = run(jax.devices()[:1], state, batch, rng)
+  # Per-device BatchNorm (model.sync_batch_norm=False): each device normalises over its own
+  # shard, and the running statistics are averaged over devices after the step.
+  local_state, _ = run(jax.devices(), state, batch, rng, bn_axis_name=None)
+  shards = np.split(batch["image"], len(jax.devices()))
+  per_shard_stats = [model.apply({"params": state.natural.params,
+                                  "batch_stats": state.natural.batch_stats}, shard, train=True,
+                                 mutable=["batch_stats"])[1]["batch_stats"] for shard in shards]
+  expected_local_stats = jax.tree.map(lambda *s: np.mean(s, axis=0), *per_shard_stats)
   max_diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in
                               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   json.dump({"num_devices": len(jax.devices()),
@@ -58,7 +66,10 @@ def main():
              "batch_stats": max_diff((many_state.natural.batch_stats, many_state.robust.batch_stats),
                                      (one_state.natural.batch_stats, one_state.robust.batch_stats)),
              "metrics": max_diff(many_metrics, one_metrics),
-             "update_size": max_diff(one_state.natural.params, state.natural.params)},
+             "update_size": max_diff(one_state.natural.params, state.natural.params),
+             "per_device_bn": max_diff(local_state.natural.batch_stats, expected_local_stats),
+             "per_device_vs_sync_bn": max_diff(local_state.natural.batch_stats,
+                                               one_state.natural.batch_stats)},
             sys.stdout)
 
 
