@@ -15,6 +15,7 @@ setuptools.setup(
         "etils[epath]>=1.7",
         "flax>=0.10",
         "jax>=0.7",
+        "matplotlib>=3.8",  # the eps-sweep plot of act_jax.evaluate
         "ml_collections>=0.1.1",
         "numpy>=1.26",
         "optax>=0.2.4",

@@ -1,28 +1,37 @@
 """Public API for other tools: a trained ACT model as a plain jit-able function."""
 
+import dataclasses
 import json
-from typing import Callable
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
 from act_jax import checkpointing, models, optimizers, parallel
-from act_jax.train_state import create_act_state
+from act_jax.train_state import ACTState, create_act_state
 
 WHICH = ("robust", "natural")
 
 
-def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax.Array]:
-  """`logits = f(images)` for the natural or robust model of the newest checkpoint in `workdir`.
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A finished (or checkpointed) ACT run: its config, model, dataset metadata and both models."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  info: Any  # input_pipeline.DatasetInfo
+  state: ACTState
+  step: int
 
-  `images` are NHWC float32 in [0, 1] (no normalisation, as in training); logits are float32.
-  The model runs in eval mode (running BatchNorm statistics). The returned function is jitted and
-  can be used inside other jitted code, e.g. to attack the model.
+
+def load_run(workdir: str, *, step: int | None = None,
+             devices: list[jax.Device] | None = None) -> TrainedRun:
+  """Rebuilds a run from `WORKDIR/config.json` and its newest checkpoint (or that of `step`).
+
+  The state is replicated over `devices` (default: the first local device).
   """
-  if which not in WHICH:
-    raise ValueError(f"which={which!r}; allowed: {', '.join(WHICH)}")
   workdir_path = epath.Path(workdir)
   config_path = workdir_path / "config.json"
   if not config_path.exists():
@@ -38,15 +47,29 @@ def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax
   # Only the structure matters for restoring; the schedule length does not affect it.
   tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1,
                                                 global_batch_size=config.train.batch_size)
-  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  mesh = parallel.make_mesh(devices or jax.local_devices()[:1])
   template = jax.jit(lambda rng: create_act_state(model, tx, rng, info.image_shape),
                      out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(
                          jax.random.PRNGKey(0))
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=None, read_only=True)
   restored = checkpointing.restore_latest(manager, template, parallel.replicate(
-      jax.random.PRNGKey(0), mesh))
+      jax.random.PRNGKey(0), mesh), step=step)
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir_path / 'checkpoints'}")
-  model_state = getattr(restored[0], which)
+  state, _, position = restored
+  return TrainedRun(config=config, model=model, info=info, state=state, step=position.step)
+
+
+def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax.Array]:
+  """`logits = f(images)` for the natural or robust model of the newest checkpoint in `workdir`.
+
+  `images` are NHWC float32 in [0, 1] (no normalisation, as in training); logits are float32.
+  The model runs in eval mode (running BatchNorm statistics). The returned function is jitted and
+  can be used inside other jitted code, e.g. to attack the model.
+  """
+  if which not in WHICH:
+    raise ValueError(f"which={which!r}; allowed: {', '.join(WHICH)}")
+  run = load_run(workdir)
+  model_state = getattr(run.state, which)
   variables = {"params": model_state.params, "batch_stats": model_state.batch_stats}
-  return jax.jit(lambda images: model.apply(variables, images, train=False))
+  return jax.jit(lambda images: run.model.apply(variables, images, train=False))

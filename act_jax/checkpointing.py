@@ -53,12 +53,20 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Array
+def restore_latest(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Array, *,
+                   step: int | None = None
                    ) -> tuple[ACTState, jax.Array, TrainingPosition] | None:
-  """The newest checkpoint restored into `state`'s structure and shardings, or None if none exists."""
-  step = manager.latest_step()
+  """The newest checkpoint (or the one of `step`) restored into `state`'s structure and shardings.
+
+  Returns None if the directory holds no checkpoint; raises if `step` names a missing one.
+  """
   if step is None:
-    return None
+    step = manager.latest_step()
+    if step is None:
+      return None
+  elif step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint of step {step}; saved steps: "
+                            f"{', '.join(map(str, manager.all_steps())) or 'none'}")
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(_abstract({"act": state, "rng": rng})),
       position=ocp.args.JsonRestore()))

@@ -37,13 +37,12 @@ def fake_fashion_mnist_dir(tmp_path_factory):
   return write_fake_fashion_mnist(tmp_path_factory.mktemp("fake_fashion_mnist"), 64, 32)
 
 
-@pytest.fixture
-def tiny_config(fake_fashion_mnist_dir, tmp_path):
+def make_tiny_config(fashion_mnist_dir: str, data_dir: str):
   """The Fashion-MNIST config shrunk to seconds: 4 steps an epoch, 2 epochs, 2-step attacks."""
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   config = fashion_mnist.get_config()
-  config.dataset.fashion_mnist_dir = fake_fashion_mnist_dir
-  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.dataset.fashion_mnist_dir = fashion_mnist_dir
+  config.dataset.data_dir = data_dir
   config.model.base_width = 4
   config.attack.num_steps = 2
   config.eval.num_steps = 2
@@ -54,3 +53,8 @@ def tiny_config(fake_fashion_mnist_dir, tmp_path):
   config.optim.lr_decay_epochs = (1,)
   config.eval.batch_size = 16
   return config
+
+
+@pytest.fixture
+def tiny_config(fake_fashion_mnist_dir, tmp_path):
+  return make_tiny_config(fake_fashion_mnist_dir, str(tmp_path / "tfds"))

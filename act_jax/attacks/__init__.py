@@ -1,7 +1,14 @@
-"""Attacks assembled from the parts in `parts` and `objectives`."""
+"""Attacks assembled from the parts in `parts`, `objectives` and `targets`.
+
+Every attack is a pure, jit-able function of (logits_fn, images, labels[, example_rngs]) that
+returns adversarial images; all loops run in-graph and every example is attacked independently.
+"""
 
 from act_jax.attacks.act_attack import act_training_attack
-from act_jax.attacks.objectives import ATTACK_LOSS_REDUCTIONS
-from act_jax.attacks.pgd import pgd_linf
+from act_jax.attacks.apgd_attack import apgd, apgd_checkpoints, apgd_targeted
+from act_jax.attacks.fgsm_attack import fgsm
+from act_jax.attacks.objectives import ATTACK_LOSS_REDUCTIONS, LOSSES
+from act_jax.attacks.pgd_attack import pgd, pgd_linf
 
-__all__ = ["ATTACK_LOSS_REDUCTIONS", "act_training_attack", "pgd_linf"]
+__all__ = ["ATTACK_LOSS_REDUCTIONS", "LOSSES", "act_training_attack", "apgd", "apgd_checkpoints",
+           "apgd_targeted", "fgsm", "pgd", "pgd_linf"]

@@ -1,0 +1,238 @@
+"""Command line: the robustness of a trained ACT run's models under a suite of attacks.
+
+    python -m act_jax.evaluate --workdir=DIR \
+        --attacks=clean,pgd20,pgd100,apgd-ce,apgd-t,autoattack,transfer --eps=0.1
+
+Writes `DIR/robustness.json` (accuracies, the eps sweep, the sanity checks and what each attack
+ran), `DIR/robustness_eps_sweep.png`, and prints a table. Runs data-parallel over every device
+(and, with `--distributed`, every host), like training.
+"""
+
+import dataclasses
+import sys
+import warnings
+from typing import Any, Sequence
+
+import jax
+from absl import app, flags, logging
+from etils import epath
+
+from act_jax import api, attack_suite, distributed, parallel, reporting, robustness
+from act_jax import robustness_report
+
+DEFAULT_ATTACKS = "clean,pgd20,pgd100,apgd-ce,apgd-t,autoattack,transfer"
+DEFAULT_SWEEP_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+MODEL_NAMES = ("natural", "robust")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "An act_jax training workdir (config.json and checkpoints).",
+                    required=True)
+flags.DEFINE_string("attacks", DEFAULT_ATTACKS,
+                    "Comma-separated attacks: " + attack_suite.valid_names_message() + ".")
+flags.DEFINE_float("eps", None, "L-inf radius (default: the run's config.eval.eps).")
+flags.DEFINE_float("eps-l2", 1.0, "L2 radius for the pgd<K>-l2 attacks.")
+flags.DEFINE_float("pgd-travel", None,
+                   "Total travel of PGD-K in units of eps; each step is travel * eps / K (default: "
+                   "the run's eval PGD, config.eval.step_size * num_steps / eps).")
+flags.DEFINE_integer("restarts", 1, "Random restarts of PGD and APGD (per-example worst case).")
+flags.DEFINE_integer("num-examples", None, "Evaluate the first N test examples (default: all).")
+flags.DEFINE_integer("batch-size", None, "Global batch size (default: the run's eval batch).")
+flags.DEFINE_list("eps-sweep", None,
+                  "L-inf radii for the accuracy-vs-eps curve (default: 0, 0.25, 0.5, 1, 1.5 and 2 "
+                  "times --eps); pass an empty value to skip the sweep.")
+flags.DEFINE_string("sweep-attack", "pgd20", "The attack run at every eps of the sweep.")
+flags.DEFINE_float("large-eps", 1.0, "Radius of the gradient-masking check (1.0: unbounded).")
+flags.DEFINE_float("large-eps-max-accuracy", 0.05,
+                   "Accuracy at --large-eps above which a gradient-masking warning is raised.")
+flags.DEFINE_list("models", list(MODEL_NAMES), "Which of the run's models to evaluate.")
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the newest).")
+flags.DEFINE_string("output", None, "Results JSON (default: WORKDIR/robustness.json).")
+flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts and targets.")
+flags.DEFINE_enum("distributed", "auto", distributed.MODES,
+                  "Call jax.distributed.initialize() first (see python -m act_jax.main).")
+
+
+class UsageError(ValueError):
+  """A flag value is unusable; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRequest:
+  """Everything `evaluate_run` needs; None fields take the run's defaults."""
+  workdir: str
+  attacks: str = DEFAULT_ATTACKS
+  eps: float | None = None
+  eps_l2: float = 1.0
+  pgd_travel: float | None = None
+  restarts: int = 1
+  num_examples: int | None = None
+  batch_size: int | None = None
+  eps_sweep: Sequence[float] | None = None
+  sweep_attack: str = "pgd20"
+  large_eps: float = 1.0
+  large_eps_max_accuracy: float = 0.05
+  models: Sequence[str] = MODEL_NAMES
+  step: int | None = None
+  output: str | None = None
+  seed: int = 0
+  show_progress: bool = True
+
+
+def _check(request: EvaluationRequest) -> tuple[tuple[str, ...], str]:
+  try:
+    names = attack_suite.parse_attack_names(request.attacks)
+  except ValueError as error:
+    raise UsageError(f"--attacks={request.attacks}: {error}") from None
+  try:
+    (sweep_attack,) = attack_suite.parse_attack_names(request.sweep_attack)
+  except ValueError as error:
+    raise UsageError(f"--sweep-attack={request.sweep_attack}: {error}") from None
+  if sweep_attack in ("clean", "transfer") or sweep_attack in attack_suite.COMPOSITES:
+    raise UsageError(f"--sweep-attack={sweep_attack}: must be a single white-box attack")
+  for flag, value in (("--eps", request.eps), ("--eps-l2", request.eps_l2),
+                      ("--large-eps", request.large_eps)):
+    if value is not None and value < 0:
+      raise UsageError(f"{flag}={value}: must be >= 0")
+  for value in request.eps_sweep or ():
+    if value < 0:
+      raise UsageError(f"--eps-sweep: {value} must be >= 0")
+  for flag, value in (("--restarts", request.restarts), ("--num-examples", request.num_examples),
+                      ("--batch-size", request.batch_size)):
+    if value is not None and value < 1:
+      raise UsageError(f"{flag}={value}: must be >= 1")
+  unknown = [m for m in request.models if m not in MODEL_NAMES]
+  if unknown or not request.models:
+    raise UsageError(f"--models={','.join(request.models)}: allowed: {', '.join(MODEL_NAMES)}")
+  if "transfer" in names and len(set(request.models)) < 2:
+    raise UsageError("--attacks=...transfer needs --models=natural,robust (it crafts on one "
+                     "model and measures the other)")
+  return names, sweep_attack
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, desc=description, unit="img", dynamic_ncols=True,
+                   file=sys.stdout, disable=not enabled, mininterval=1.0)
+
+
+def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
+  """Evaluates the run in `request.workdir`; returns (and writes) the results."""
+  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF is heavy)
+  names, sweep_attack = _check(request)
+  mesh = parallel.make_mesh()
+  run = api.load_run(request.workdir, step=request.step, devices=list(mesh.devices.flat))
+  config = run.config
+  eps = config.eval.eps if request.eps is None else request.eps
+  travel = request.pgd_travel
+  if travel is None:
+    travel = (config.eval.step_size * config.eval.num_steps / config.eval.eps
+              if config.eval.eps > 0 else 2.5)
+  settings = attack_suite.SuiteSettings(eps=eps, eps_l2=request.eps_l2, pgd_travel=travel,
+                                        restarts=request.restarts)
+  batch_size = request.batch_size or config.eval.batch_size
+  if batch_size % mesh.size or batch_size % jax.process_count():
+    raise UsageError(f"--batch-size={batch_size}: must be divisible by the number of devices "
+                     f"({mesh.size}) and processes ({jax.process_count()})")
+  models = tuple(dict.fromkeys(request.models))
+  variables = {m: {"params": getattr(run.state, m).params,
+                   "batch_stats": getattr(run.state, m).batch_stats} for m in models}
+  apply_fn = _eval_mode_apply(run.model)
+  total = min(request.num_examples or run.info.num_test, run.info.num_test)
+  is_chief = jax.process_index() == 0
+  rng = jax.random.PRNGKey(request.seed)
+
+  def batches():
+    return input_pipeline.eval_batches(
+        config.dataset.name, per_process_batch_size=batch_size // jax.process_count(),
+        num_examples=request.num_examples, data_dir=config.dataset.data_dir,
+        image_size=config.dataset.image_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir)
+
+  def run_suite(suite_names, suite_settings, description):
+    with _progress_bar(total, description, request.show_progress and is_chief) as bar:
+      return robustness.evaluate_suite(apply_fn, variables, batches(), mesh, rng,
+                                       names=suite_names, settings=suite_settings,
+                                       on_batch=lambda n: bar.update(min(n, total - bar.n)))
+
+  main = run_suite(names, settings, "attacks")
+  sweep_eps = (sorted(set(request.eps_sweep)) if request.eps_sweep is not None
+               else sorted({m * eps for m in DEFAULT_SWEEP_MULTIPLES}))
+  sweep = None
+  if sweep_eps:
+    sweep = {"attack": sweep_attack, "eps": sweep_eps, "accuracy": {m: [] for m in models}}
+    for value in sweep_eps:
+      result = run_suite((sweep_attack,), dataclasses.replace(settings, eps=value),
+                         f"{sweep_attack} at eps={value:.4g}")
+      for m in models:
+        sweep["accuracy"][m].append(result.accuracy[m][sweep_attack])
+  large = run_suite((sweep_attack,), dataclasses.replace(settings, eps=request.large_eps),
+                    f"{sweep_attack} at eps={request.large_eps:.4g}")
+  large_eps = {"attack": sweep_attack, "eps": request.large_eps,
+               "max_accuracy": request.large_eps_max_accuracy,
+               "accuracy": {m: large.accuracy[m][sweep_attack] for m in models}}
+  checks = robustness.sanity_checks(main.accuracy, sweep, large_eps)
+  output = epath.Path(request.output or epath.Path(request.workdir) / "robustness.json")
+  plot = output.with_name(output.stem + "_eps_sweep.png") if sweep else None
+  results = {
+      "workdir": str(request.workdir), "checkpoint_step": run.step,
+      "num_examples": main.num_examples, "eps": eps, "eps_l2": request.eps_l2,
+      "pgd_travel": travel, "restarts": request.restarts, "seed": request.seed,
+      "attacks": {name: attack_suite.describe(name, settings) for name in names},
+      "accuracy": main.accuracy, "eps_sweep": sweep, "large_eps": large_eps,
+      "sanity_checks": [dataclasses.asdict(check) for check in checks],
+      "all_sanity_checks_passed": all(check.passed for check in checks),
+      "plot": str(plot) if plot else None,
+  }
+  failed = [check for check in checks if not check.passed]
+  if is_chief:
+    reporting.write_json(output, results)
+    if plot:
+      robustness_report.plot_eps_sweep(sweep, plot, eps=eps)
+    print("\n" + robustness_report.accuracy_table(main.accuracy, eps=eps), flush=True)
+    print(f"\n{main.num_examples} test examples, checkpoint step {run.step}; results in {output}"
+          + (f", curve in {plot}" if plot else ""), flush=True)
+    for check in failed:
+      message = f"sanity check failed for {check.model}: {check.check}: {check.detail}"
+      warnings.warn(message, RuntimeWarning, stacklevel=2)
+      print(f"warning: {message}", file=sys.stderr, flush=True)
+  return results
+
+
+def _eval_mode_apply(model):
+  """One function object per model, so the compiled step is cached across the sweep."""
+  return lambda variables, images: model.apply(variables, images, train=False)
+
+
+def _flag(name: str):
+  return FLAGS[name].value
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS["verbosity"].present == 0:
+    logging.set_verbosity(logging.WARNING)
+  distributed.initialize(_flag("distributed"))
+  sweep = _flag("eps-sweep")
+  try:
+    request = EvaluationRequest(
+        workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
+        eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
+        num_examples=_flag("num-examples"), batch_size=_flag("batch-size"),
+        eps_sweep=None if sweep is None else [float(v) for v in sweep],
+        sweep_attack=_flag("sweep-attack"), large_eps=_flag("large-eps"),
+        large_eps_max_accuracy=_flag("large-eps-max-accuracy"), models=_flag("models"),
+        step=_flag("step"), output=_flag("output"), seed=_flag("seed"))
+    evaluate_run(request)
+  except (UsageError, FileNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  except ValueError as error:  # a non-number in --eps-sweep
+    if "could not convert" not in str(error):
+      raise
+    print(f"error: --eps-sweep={','.join(sweep)}: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

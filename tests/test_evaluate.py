@@ -1,0 +1,160 @@
+"""The robustness evaluation: its CLI end to end on a short run, and the suite's bookkeeping."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from act_jax import attack_suite, evaluate, parallel, robustness
+from conftest import make_tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI_ATTACKS = "clean,fgsm,pgd5,pgd5-l2,pgd5-ll,cw5,apgd-ce,apgd-t,autoattack,transfer"
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(fake_fashion_mnist_dir, tmp_path_factory):
+  from act_jax import train  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("evaluate")
+  config = make_tiny_config(fake_fashion_mnist_dir, str(root / "tfds"))
+  config.train.epochs = 3
+  train.train_and_evaluate(config, str(root / "run"))
+  return str(root / "run")
+
+
+def test_cli_end_to_end(trained_workdir):
+  result = subprocess.run(
+      [sys.executable, "-m", "act_jax.evaluate", f"--workdir={trained_workdir}",
+       f"--attacks={CLI_ATTACKS}", "--eps=0.1", "--eps-l2=1.0", "--num-examples=24",
+       "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2"],
+      cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+      timeout=1200)
+  assert result.returncode == 0, result.stderr[-5000:]
+  with open(os.path.join(trained_workdir, "robustness.json")) as f:
+    results = json.load(f)
+  assert results["num_examples"] == 24
+  names = CLI_ATTACKS.split(",")
+  assert set(results["attacks"]) == set(names)
+  for model in ("natural", "robust"):
+    accuracy = results["accuracy"][model]
+    assert set(accuracy) == set(names) | {"worst_case"}
+    assert all(0.0 <= value <= 1.0 for value in accuracy.values())
+    assert accuracy["worst_case"] == min(accuracy.values())  # an AND is below every member
+    assert accuracy["autoattack"] <= min(accuracy["apgd-ce"], accuracy["apgd-t"])
+  sweep = results["eps_sweep"]
+  assert sweep["eps"] == [0.0, 0.05, 0.1, 0.2] and sweep["attack"] == "pgd20"
+  checks = {(c["check"], c["model"]): c for c in results["sanity_checks"]}
+  for model in ("natural", "robust"):
+    assert checks[("accuracy at eps=0 equals clean accuracy", model)]["passed"]
+    assert sweep["accuracy"][model][0] == results["accuracy"][model]["clean"]
+  assert results["all_sanity_checks_passed"] == all(c["passed"] for c in checks.values())
+  with open(results["plot"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "| natural |" in result.stdout and "worst case" in result.stdout
+
+
+def test_cli_rejects_a_bad_attack_name_naming_the_valid_ones(trained_workdir):
+  result = subprocess.run(
+      [sys.executable, "-m", "act_jax.evaluate", f"--workdir={trained_workdir}",
+       "--attacks=clean,pgd"], cwd=REPO, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+  assert result.returncode == 2
+  assert "--attacks=clean,pgd: unknown attack 'pgd'; valid: clean, fgsm" in result.stderr
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("attacks", "clean,pgd0", "unknown attack 'pgd0'"),
+    ("sweep_attack", "autoattack", "single white-box attack"),
+    ("eps", -0.1, "--eps=-0.1: must be >= 0"),
+    ("restarts", 0, "--restarts=0: must be >= 1"),
+    ("models", ("robust", "teacher"), "allowed: natural, robust"),
+    ("models", ("robust",), "transfer needs --models=natural,robust"),
+])
+def test_bad_requests_name_the_flag(field, value, message):
+  request = evaluate.EvaluationRequest(workdir="unused", **{field: value})
+  with pytest.raises(evaluate.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    evaluate._check(request)
+
+
+NUM_CLASSES = 4
+
+
+def linear_apply(variables, images):
+  return images.reshape(images.shape[0], -1) @ variables["w"] + variables["b"]
+
+
+@pytest.fixture(scope="module")
+def linear_problem():
+  data = np.random.default_rng(0)
+  images = data.uniform(0.1, 0.9, size=(16, 4, 4, 1)).astype(np.float32)
+  labels = data.integers(0, NUM_CLASSES, 16).astype(np.int32)
+  models = {name: {"w": jnp.asarray(data.normal(size=(16, NUM_CLASSES)), jnp.float32),
+                   "b": jnp.zeros(NUM_CLASSES, jnp.float32)} for name in ("first", "second")}
+  # Make the models mostly right on clean inputs, so that attacks have something to break.
+  for variables in models.values():
+    variables["b"] = -jnp.asarray(images.reshape(16, -1) @ np.asarray(variables["w"])).mean(0)
+  return images, labels, models
+
+
+def suite(names, linear_problem, eps=0.1):
+  images, labels, models = linear_problem
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  batch = {"image": images, "label": labels, "mask": np.ones(len(labels), np.float32)}
+  settings = attack_suite.SuiteSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0)
+  result = robustness.evaluate_suite(linear_apply, parallel.replicate(models, mesh), [batch],
+                                     mesh, jax.random.PRNGKey(3), names=names, settings=settings)
+  return result, settings
+
+
+def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
+  images, labels, models = linear_problem
+  names = ("clean", "fgsm", "pgd3")
+  result, settings = suite(names, linear_problem)
+  for name in models:
+    logits_fn = functools.partial(linear_apply, models[name])
+    rng = jax.random.PRNGKey(3)  # batch 0, then attack i, as robustness_step derives them
+    correct = np.array(jnp.argmax(logits_fn(images), -1) == labels)
+    for attack_index, attack in enumerate(("fgsm", "pgd3")):
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(
+          jax.random.fold_in(rng, 0), attack_index), 0), jnp.arange(len(labels)))
+      adversarial = attack_suite.build_attack(attack, settings)(logits_fn, images, labels, keys)
+      survived = np.asarray(jnp.argmax(logits_fn(adversarial), -1) == labels)
+      assert result.accuracy[name][attack] == pytest.approx(survived.mean())
+      correct &= survived
+    assert result.accuracy[name]["worst_case"] == pytest.approx(correct.mean())
+    assert result.accuracy[name]["worst_case"] <= min(result.accuracy[name][a] for a in names)
+
+
+def test_transfer_crafts_on_the_other_model_only(linear_problem):
+  images, labels, models = linear_problem
+  result, settings = suite(("transfer",), linear_problem)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(
+      jax.random.fold_in(jax.random.PRNGKey(3), 0), 0), 0), jnp.arange(len(labels)))
+  for target, source in (("first", "second"), ("second", "first")):
+    crafted = robustness.transfer_attack(functools.partial(linear_apply, models[source]), images,
+                                         labels, keys, settings)
+    accuracy = float(jnp.mean(jnp.argmax(linear_apply(models[target], crafted), -1) == labels))
+    assert result.accuracy[target]["transfer"] == pytest.approx(accuracy)
+  white_box, _ = suite(("pgd20",), linear_problem)
+  # A white-box attack on the target itself is stronger than the transferred one.
+  for name in models:
+    assert white_box.accuracy[name]["pgd20"] <= result.accuracy[name]["transfer"]
+
+
+def test_sanity_checks_flag_each_failure():
+  good = {"m": {"clean": 0.9, "pgd20": 0.5}}
+  sweep = {"attack": "pgd20", "eps": [0.0, 0.1, 0.2], "accuracy": {"m": [0.9, 0.5, 0.1]}}
+  large = {"attack": "pgd20", "eps": 1.0, "max_accuracy": 0.05, "accuracy": {"m": 0.0}}
+  assert all(check.passed for check in robustness.sanity_checks(good, sweep, large))
+  failures = robustness.sanity_checks(
+      {"m": {"clean": 0.5, "pgd20": 0.6}},
+      {"attack": "pgd20", "eps": [0.0, 0.1, 0.2], "accuracy": {"m": [0.45, 0.3, 0.4]}},
+      {**large, "accuracy": {"m": 0.4}})
+  assert [check.passed for check in failures] == [False, False, False, False]
+  assert "gradient masking" in failures[3].detail
