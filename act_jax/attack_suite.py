@@ -40,6 +40,7 @@ class SuiteSettings:
   eps_l2: float
   pgd_travel: float = 2.5
   restarts: int = 1
+  apgd_steps: int = APGD_STEPS
 
 
 def valid_names_message() -> str:
@@ -78,10 +79,10 @@ def build_attack(name: str, settings: SuiteSettings) -> Attack:
     return lambda logits_fn, images, labels, rngs: attacks.fgsm(logits_fn, images, labels,
                                                                 eps=eps)
   if name in ("apgd-ce", "apgd-dlr"):
-    return functools.partial(attacks.apgd, eps=eps, num_steps=APGD_STEPS,
+    return functools.partial(attacks.apgd, eps=eps, num_steps=settings.apgd_steps,
                              loss=name.split("-")[1], restarts=restarts)
   if name == "apgd-t":
-    return functools.partial(attacks.apgd_targeted, eps=eps, num_steps=APGD_STEPS,
+    return functools.partial(attacks.apgd_targeted, eps=eps, num_steps=settings.apgd_steps,
                              restarts=restarts)
   if match := _CW.match(name):
     steps = int(match["steps"])
@@ -119,7 +120,7 @@ def describe(name: str, settings: SuiteSettings) -> str:
   if name.startswith("apgd"):
     kind = {"apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR",
             "apgd-t": "APGD-T (targeted DLR, 9 target classes)"}[name]
-    return f"{kind}, {APGD_STEPS} steps, L-inf {eps}, {settings.restarts} restart(s)"
+    return f"{kind}, {settings.apgd_steps} steps, L-inf {eps}, {settings.restarts} restart(s)"
   if match := _CW.match(name):
     steps = int(match["steps"])
     return (f"PGD-{steps} on the CW margin, L-inf {eps}, step "

@@ -34,6 +34,8 @@ flags.DEFINE_float("eps-l2", 1.0, "L2 radius for the pgd<K>-l2 attacks.")
 flags.DEFINE_float("pgd-travel", None,
                    "Total travel of PGD-K in units of eps; each step is travel * eps / K (default: "
                    "the run's eval PGD, config.eval.step_size * num_steps / eps).")
+flags.DEFINE_integer("apgd-steps", attack_suite.APGD_STEPS,
+                     "Iterations of APGD-CE/DLR and of APGD-T per target (AutoAttack: 100).")
 flags.DEFINE_integer("restarts", 1, "Random restarts of PGD and APGD (per-example worst case).")
 flags.DEFINE_integer("num-examples", None, "Evaluate the first N test examples (default: all).")
 flags.DEFINE_integer("batch-size", None, "Global batch size (default: the run's eval batch).")
@@ -65,6 +67,7 @@ class EvaluationRequest:
   eps_l2: float = 1.0
   pgd_travel: float | None = None
   restarts: int = 1
+  apgd_steps: int = attack_suite.APGD_STEPS
   num_examples: int | None = None
   batch_size: int | None = None
   eps_sweep: Sequence[float] | None = None
@@ -96,7 +99,8 @@ def _check(request: EvaluationRequest) -> tuple[tuple[str, ...], str]:
   for value in request.eps_sweep or ():
     if value < 0:
       raise UsageError(f"--eps-sweep: {value} must be >= 0")
-  for flag, value in (("--restarts", request.restarts), ("--num-examples", request.num_examples),
+  for flag, value in (("--restarts", request.restarts), ("--apgd-steps", request.apgd_steps),
+                      ("--num-examples", request.num_examples),
                       ("--batch-size", request.batch_size)):
     if value is not None and value < 1:
       raise UsageError(f"{flag}={value}: must be >= 1")
@@ -128,7 +132,8 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
     travel = (config.eval.step_size * config.eval.num_steps / config.eval.eps
               if config.eval.eps > 0 else 2.5)
   settings = attack_suite.SuiteSettings(eps=eps, eps_l2=request.eps_l2, pgd_travel=travel,
-                                        restarts=request.restarts)
+                                        restarts=request.restarts,
+                                        apgd_steps=request.apgd_steps)
   batch_size = request.batch_size or config.eval.batch_size
   if batch_size % mesh.size or batch_size % jax.process_count():
     raise UsageError(f"--batch-size={batch_size}: must be divisible by the number of devices "
@@ -176,7 +181,8 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   results = {
       "workdir": str(request.workdir), "checkpoint_step": run.step,
       "num_examples": main.num_examples, "eps": eps, "eps_l2": request.eps_l2,
-      "pgd_travel": travel, "restarts": request.restarts, "seed": request.seed,
+      "pgd_travel": travel, "restarts": request.restarts, "apgd_steps": request.apgd_steps,
+      "seed": request.seed,
       "attacks": {name: attack_suite.describe(name, settings) for name in names},
       "accuracy": main.accuracy, "eps_sweep": sweep, "large_eps": large_eps,
       "sanity_checks": [dataclasses.asdict(check) for check in checks],
@@ -210,14 +216,15 @@ def _flag(name: str):
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS["verbosity"].present == 0:
-    logging.set_verbosity(logging.WARNING)
+  if FLAGS["verbosity"].present == 0:  # orbax warns that the read-only checkpoint is read-only
+    logging.set_verbosity(logging.ERROR)
   distributed.initialize(_flag("distributed"))
   sweep = _flag("eps-sweep")
   try:
     request = EvaluationRequest(
         workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
         eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
+        apgd_steps=_flag("apgd-steps"),
         num_examples=_flag("num-examples"), batch_size=_flag("batch-size"),
         eps_sweep=None if sweep is None else [float(v) for v in sweep],
         sweep_attack=_flag("sweep-attack"), large_eps=_flag("large-eps"),

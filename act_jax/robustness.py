@@ -105,7 +105,8 @@ def evaluate_suite(apply_fn: ApplyFn, variables: Mapping[str, Any],
     counts = step(variables, parallel.shard_host_batch(dict(batch), mesh),
                   jax.random.fold_in(rng, batch_index))
     sums = counts if sums is None else jax.tree.map(jnp.add, sums, counts)
-    if on_batch is not None:
+    if on_batch is not None:  # after the batch is done, not dispatched, so rates are real
+      jax.block_until_ready(counts)
       on_batch(int(np.sum(batch["mask"])) * jax.process_count())
   if sums is None:
     raise ValueError("the evaluation split yielded no batches")

@@ -264,6 +264,16 @@ def test_attacks_do_not_depend_on_batch_splitting(edge_problem, attack):
   np.testing.assert_allclose(whole, jnp.concatenate(halves), atol=1e-6)
 
 
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_apgd_t_batched_targets_equal_targets_in_turn(edge_problem, restarts):
+  """The CPU layout (all targets as one batch) computes the accelerator one (a loop over them)."""
+  images, labels, logits_fn = edge_problem
+  run = lambda batch_targets: jax.jit(lambda x, y, k: attacks.apgd_targeted(
+      logits_fn, x, y, k, eps=EPS["linf"], num_steps=10, num_target_classes=3,
+      restarts=restarts, batch_targets=batch_targets))(images, labels, keys(4))
+  np.testing.assert_allclose(run(True), run(False), atol=1e-6)
+
+
 def test_targeted_attacks_move_towards_the_target(problem):
   """Targeted PGD raises p(target) (it descends CE to the target); APGD-T its targeted DLR."""
   images, labels, weights, bias, _ = problem

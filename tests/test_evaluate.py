@@ -32,13 +32,14 @@ def test_cli_end_to_end(trained_workdir):
   result = subprocess.run(
       [sys.executable, "-m", "act_jax.evaluate", f"--workdir={trained_workdir}",
        f"--attacks={CLI_ATTACKS}", "--eps=0.1", "--eps-l2=1.0", "--num-examples=24",
-       "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2"],
+       "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2", "--apgd-steps=10"],
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
       timeout=1200)
   assert result.returncode == 0, result.stderr[-5000:]
   with open(os.path.join(trained_workdir, "robustness.json")) as f:
     results = json.load(f)
-  assert results["num_examples"] == 24
+  assert results["num_examples"] == 24 and results["apgd_steps"] == 10
+  assert "10 steps" in results["attacks"]["apgd-ce"]
   names = CLI_ATTACKS.split(",")
   assert set(results["attacks"]) == set(names)
   for model in ("natural", "robust"):
@@ -73,6 +74,7 @@ def test_cli_rejects_a_bad_attack_name_naming_the_valid_ones(trained_workdir):
     ("sweep_attack", "autoattack", "single white-box attack"),
     ("eps", -0.1, "--eps=-0.1: must be >= 0"),
     ("restarts", 0, "--restarts=0: must be >= 1"),
+    ("apgd_steps", 0, "--apgd-steps=0: must be >= 1"),
     ("models", ("robust", "teacher"), "allowed: natural, robust"),
     ("models", ("robust",), "transfer needs --models=natural,robust"),
 ])

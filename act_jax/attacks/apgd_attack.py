@@ -6,6 +6,7 @@ point. It returns, per example, a misclassified iterate if it found one, else it
 APGD-T runs the same loop on the targeted DLR loss once per likely wrong class.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -194,25 +195,55 @@ def apgd(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
 
 def apgd_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
                   example_rngs: jax.Array, *, eps: float, num_steps: int = 100,
-                  norm: str = "linf", num_target_classes: int = 9,
-                  restarts: int = 1) -> jax.Array:
+                  norm: str = "linf", num_target_classes: int = 9, restarts: int = 1,
+                  batch_targets: bool | None = None) -> jax.Array:
   """APGD-T: APGD on the targeted DLR loss, once per target and restart; the worst case of all.
 
   The targets of an example are its k-th most likely wrong classes by the clean logits,
   k = 1..min(num_target_classes, C - 1). Success means misclassified, as for every attack here.
   Needs C >= 4 classes (the targeted DLR denominator uses the 4th largest logit).
+
+  The runs for the different targets are independent. `batch_targets` runs them as one APGD on
+  the batch repeated once per target (default on CPU, where it avoids a While loop around the
+  attack); otherwise they run one after another in a rolled loop (default on accelerators, where
+  it keeps memory at one batch). Both give the same result: target k of restart r starts from
+  the keys of restart r folded with k (k > 0).
   """
   parts.check_norm(norm)
   if num_target_classes < 1:
     raise ValueError(f"APGD-T num_target_classes {num_target_classes}; must be at least 1")
+  if batch_targets is None:
+    batch_targets = parts.prefers_straight_line_code()
   clean_logits = jax.lax.stop_gradient(logits_fn(images))
   ranked = targets_lib.ranked_targets(clean_logits, labels)
   num_targets = min(num_target_classes, ranked.shape[-1])
 
-  def run(index: jax.Array, keys: jax.Array) -> parts.Candidate:
-    target = jax.lax.dynamic_index_in_dim(ranked, index // restarts, axis=1, keepdims=False)
-    evaluate = objectives.loss_and_gradient(logits_fn, objectives.targeted_dlr, labels, target)
-    return _apgd_worst_case(evaluate, images, keys, eps=eps, num_steps=num_steps, norm=norm,
-                            rho=DEFAULT_RHO, momentum=DEFAULT_MOMENTUM)
+  def target_keys(keys: jax.Array, index: int | jax.Array) -> jax.Array:
+    return jax.lax.cond(index == 0, lambda: keys, lambda: parts.per_example_keys(keys, index))
 
-  return parts.worst_case_over_runs(run, example_rngs, num_targets * restarts).adversarial
+  def one_target(index: jax.Array, keys: jax.Array) -> parts.Candidate:
+    target = jax.lax.dynamic_index_in_dim(ranked, index, axis=1, keepdims=False)
+    evaluate = objectives.loss_and_gradient(logits_fn, objectives.targeted_dlr, labels, target)
+    return _apgd_worst_case(evaluate, images, target_keys(keys, index), eps=eps,
+                            num_steps=num_steps, norm=norm, rho=DEFAULT_RHO,
+                            momentum=DEFAULT_MOMENTUM)
+
+  def all_targets_in_turn(_, keys: jax.Array) -> parts.Candidate:
+    return parts.worst_case_over_runs(lambda index, _: one_target(index, keys), keys, num_targets)
+
+  def all_targets_batched(_, keys: jax.Array) -> parts.Candidate:
+    batch = images.shape[0]
+    repeat = lambda x: jnp.concatenate([x] * num_targets)
+    tiled_targets = jnp.concatenate([ranked[:, k] for k in range(num_targets)])
+    tiled_keys = jnp.concatenate([target_keys(keys, k) for k in range(num_targets)])
+    tiled_images, tiled_labels = repeat(images), repeat(labels)
+    evaluate = objectives.loss_and_gradient(logits_fn, objectives.targeted_dlr, tiled_labels,
+                                            tiled_targets)
+    tiled = _apgd_worst_case(evaluate, tiled_images, tiled_keys, eps=eps, num_steps=num_steps,
+                             norm=norm, rho=DEFAULT_RHO, momentum=DEFAULT_MOMENTUM)
+    per_target = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], tiled)
+                  for k in range(num_targets)]
+    return functools.reduce(parts.keep_worst_case, per_target)
+
+  run = all_targets_batched if batch_targets else all_targets_in_turn
+  return parts.worst_case_over_runs(run, example_rngs, restarts).adversarial
