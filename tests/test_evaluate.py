@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from act_jax import attack_suite, evaluate, parallel, robustness
-from conftest import make_tiny_config
+from conftest import REAL_FASHION_MNIST_DIR, make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI_ATTACKS = "clean,fgsm,pgd5,pgd5-l2,pgd5-ll,cw5,apgd-ce,apgd-t,autoattack,transfer"
@@ -20,10 +20,15 @@ CLI_ATTACKS = "clean,fgsm,pgd5,pgd5-l2,pgd5-ll,cw5,apgd-ce,apgd-t,autoattack,tra
 
 @pytest.fixture(scope="module")
 def trained_workdir(fake_fashion_mnist_dir, tmp_path_factory):
+  """A short training run: 40 steps on the real Fashion-MNIST (the fake files where it is absent)."""
   from act_jax import train  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("evaluate")
-  config = make_tiny_config(fake_fashion_mnist_dir, str(root / "tfds"))
-  config.train.epochs = 3
+  real = os.path.exists(os.path.join(REAL_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
+  config = make_tiny_config(REAL_FASHION_MNIST_DIR if real else fake_fashion_mnist_dir,
+                            str(root / "tfds"))
+  config.train.max_steps = 40
+  config.train.batch_size = 32
+  config.eval.num_examples = 64
   train.train_and_evaluate(config, str(root / "run"))
   return str(root / "run")
 

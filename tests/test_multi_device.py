@@ -27,3 +27,17 @@ def test_eight_device_step_equals_one_device_step():
     assert differences[key] < 1e-5, (key, differences)
   # The switch matters: per-device variances differ from the variance over the global batch.
   assert differences["per_device_vs_sync_bn"] > 1e-4
+
+
+def test_eight_device_robustness_evaluation_equals_one_device():
+  """Every attack of the evaluation suite counts the same examples when sharded 8 ways."""
+  environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                     PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts",
+                                                        "robustness_equivalence.py")],
+                          capture_output=True, text=True, env=environment, check=True)
+  runs = json.loads(result.stdout.strip().splitlines()[-1])
+  assert runs["8"]["num_examples"] == runs["1"]["num_examples"] == 29
+  assert runs["8"]["accuracy"] == runs["1"]["accuracy"]
+  robust = runs["1"]["accuracy"]["robust"]
+  assert robust["worst_case"] < robust["clean"]  # the attacks did something

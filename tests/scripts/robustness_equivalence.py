@@ -1,0 +1,46 @@
+"""Runs the robustness suite on an N-device mesh and on a 1-device mesh over the same examples.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=8; prints both accuracy tables as JSON.
+Used by tests/test_multi_device.py.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from act_jax import attack_suite, parallel, robustness
+
+NAMES = ("clean", "fgsm", "pgd5", "pgd5-l2", "apgd-ce", "apgd-t", "autoattack", "transfer")
+
+
+def apply_fn(variables, images):
+  hidden = jnp.tanh(images.reshape(images.shape[0], -1) @ variables["w1"])
+  return hidden @ variables["w2"]
+
+
+def main():
+  data = np.random.default_rng(0)
+  models = {name: {"w1": jnp.asarray(data.normal(size=(16, 8)), jnp.float32),
+                   "w2": jnp.asarray(data.normal(size=(8, 5)), jnp.float32)}
+            for name in ("natural", "robust")}
+  images = data.uniform(size=(32, 4, 4, 1)).astype(np.float32)
+  labels = data.integers(0, 5, 32).astype(np.int32)
+  mask = np.ones(32, np.float32)
+  mask[-3:] = 0.0  # padding, as the last eval batch has
+  batches = [{"image": images[i:i + 16], "label": labels[i:i + 16], "mask": mask[i:i + 16]}
+             for i in (0, 16)]
+  settings = attack_suite.SuiteSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5, apgd_steps=10)
+  results = {}
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.make_mesh(devices)
+    result = robustness.evaluate_suite(apply_fn, parallel.replicate(models, mesh), batches, mesh,
+                                       jax.random.PRNGKey(0), names=NAMES, settings=settings)
+    results[len(devices)] = {"accuracy": result.accuracy, "num_examples": result.num_examples}
+  json.dump({str(k): v for k, v in results.items()}, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()
