@@ -29,6 +29,6 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.87"],
-        "torch": ["torch>=2.13"],
+        "torch": ["torch==2.13.0"],  # the CPU build; benchmarks/ and the parity test
     },
 )

@@ -1,9 +1,10 @@
 """Accuracy of classifiers under a suite of attacks, per example, data-parallel over the mesh.
 
 A classifier is `apply_fn(variables, images) -> logits` (eval mode) with its own variables, so
-the suite evaluates the two models of an ACT run and any other JAX classifier alike. The
-per-device step runs every attack on its shard inside one compiled function (`jax.shard_map`
-inside `jax.jit`, as training does) and returns global counts, so the host only divides.
+the suite evaluates the two models of an ACT run and any other JAX classifier alike. Each attack
+is one compiled per-device function (`jax.shard_map` inside `jax.jit`, as training does) that
+attacks its shard and returns per-example correctness; the per-example ANDs and the global
+counts are computed on the device arrays, so the host only divides at the end.
 """
 
 import dataclasses
@@ -16,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from act_jax import attack_suite, parallel
-from act_jax.train_step import DATA_AXIS, example_rngs
+from act_jax.train_step import example_rngs
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 WORST_CASE = "worst_case"
@@ -36,48 +37,84 @@ def transfer_attack(source_logits_fn: Callable[[jax.Array], jax.Array], images: 
   return attack_suite.build_transfer_attack(settings)(source_logits_fn, images, labels, rngs)
 
 
-def robustness_step(variables: Mapping[str, Any], batch: Mapping[str, jax.Array], rng: jax.Array,
-                    *, apply_fn: ApplyFn, names: tuple[str, ...],
-                    settings: attack_suite.SuiteSettings) -> dict[str, jax.Array]:
-  """Per device: how many real examples each model classifies correctly under each attack.
+def attack_correctness(target: Any, source: Any, batch: Mapping[str, jax.Array], key: jax.Array,
+                       *, apply_fn: ApplyFn, name: str,
+                       settings: attack_suite.SuiteSettings) -> jax.Array:
+  """Per device: whether the target model classifies each example correctly under attack `name`.
 
-  Returns global sums (psum over `DATA_AXIS`): "count", and "<model>/<attack>" for every name in
-  `names`, "<model>/clean" always, and "<model>/worst_case", the examples that survive every attack in `names` (and are
-  correct on clean inputs): the per-example AND, as AutoAttack reports robust accuracy.
-  "transfer" for one model is crafted on the next model of `variables` (cyclically).
+  "clean" runs no attack; "transfer" crafts on `source` only; any other name is a single
+  white-box attack on the target. `key` seeds the attack's per-example keys (by global example
+  index, so the result does not depend on how the batch is sharded).
   """
-  images, labels, mask = batch["image"], batch["label"], batch["mask"]
+  images, labels = batch["image"], batch["label"]
+  logits_fn = functools.partial(apply_fn, target)
+  if name == "clean":
+    adversarial = images
+  else:
+    rngs = example_rngs(key, 0, images.shape[0])
+    if name == "transfer":
+      adversarial = transfer_attack(functools.partial(apply_fn, source), images, labels, rngs,
+                                    settings)
+    else:
+      adversarial = attack_suite.build_attack(name, settings)(logits_fn, images, labels, rngs)
+  return _predictions(logits_fn, adversarial) == labels
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_attack(apply_fn: ApplyFn, name: str, settings: attack_suite.SuiteSettings,
+                     mesh: Mesh) -> Callable:
+  """One compiled function per attack, shared by every model with the same shapes.
+
+  Separate functions, rather than one for the whole suite, keep XLA's compile time and memory
+  in check: a suite of unrolled 100-step attacks in one graph took over 20 GB to compile on CPU.
+  """
+  mapped = jax.shard_map(
+      functools.partial(attack_correctness, apply_fn=apply_fn, name=name, settings=settings),
+      mesh=mesh, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
+                           parallel.REPLICATED),
+      out_specs=parallel.SHARDED, check_vma=False)
+  return jax.jit(mapped)
+
+
+@jax.jit
+def _tally(correct: dict[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
+  """Global counts of correct real examples per entry of `correct`, and of real examples."""
+  return {name: jnp.sum(value * mask) for name, value in correct.items()} | {
+      "count": jnp.sum(mask)}
+
+
+def batch_counts(variables: Mapping[str, Any], batch: Mapping[str, jax.Array], rng: jax.Array,
+                 mesh: Mesh, *, apply_fn: ApplyFn, names: tuple[str, ...],
+                 settings: attack_suite.SuiteSettings) -> dict[str, jax.Array]:
+  """How many real examples of one global batch each model gets right under each attack.
+
+  Keys: "count", and "<model>/<name>" for "clean", every name in `names` and "worst_case": the
+  examples that survive every attack in `names` and are correct on clean inputs (the per-example
+  AND, as AutoAttack reports robust accuracy). Composites are the AND of their members.
+  "transfer" for one model is crafted on the next model of `variables` (cyclically). Attack i of
+  the expanded white-box list is seeded with `fold_in(rng, i)`, transfer with the next index.
+  """
   model_names = tuple(variables)
-  logits_fns = {name: functools.partial(apply_fn, variables[name]) for name in model_names}
   members = attack_suite.white_box_members(names)
-  counts = {"count": jnp.sum(mask)}
+  keys = {member: jax.random.fold_in(rng, index) for index, member in enumerate(members)}
+  keys["transfer"] = jax.random.fold_in(rng, len(members))
+  keys["clean"] = rng
+  correct = {}
   for model_index, model_name in enumerate(model_names):
-    logits_fn = logits_fns[model_name]
-    correct = {"clean": _predictions(logits_fn, images) == labels}
-    for attack_index, member in enumerate(members):
-      rngs = example_rngs(jax.random.fold_in(rng, attack_index), 0, images.shape[0])
-      adversarial = attack_suite.build_attack(member, settings)(logits_fn, images, labels, rngs)
-      correct[member] = _predictions(logits_fn, adversarial) == labels
+    source = variables[model_names[(model_index + 1) % len(model_names)]]
+    per_attack = {}
+    for name in dict.fromkeys(("clean",) + members
+                              + (("transfer",) if "transfer" in names else ())):
+      per_attack[name] = _compiled_attack(apply_fn, name, settings, mesh)(
+          variables[model_name], source, batch, keys[name])
     for name, parts in attack_suite.COMPOSITES.items():
       if name in names:
-        correct[name] = functools.reduce(jnp.logical_and, [correct[part] for part in parts])
-    if "transfer" in names:
-      source = model_names[(model_index + 1) % len(model_names)]
-      rngs = example_rngs(jax.random.fold_in(rng, len(members)), 0, images.shape[0])
-      adversarial = transfer_attack(logits_fns[source], images, labels, rngs, settings)
-      correct["transfer"] = _predictions(logits_fn, adversarial) == labels
-    correct[WORST_CASE] = functools.reduce(jnp.logical_and,
-                                           [correct["clean"]] + [correct[n] for n in names])
+        per_attack[name] = functools.reduce(jnp.logical_and, [per_attack[p] for p in parts])
+    per_attack[WORST_CASE] = functools.reduce(
+        jnp.logical_and, [per_attack["clean"]] + [per_attack[n] for n in names])
     for name in dict.fromkeys(("clean",) + names + (WORST_CASE,)):
-      counts[f"{model_name}/{name}"] = jnp.sum(correct[name] * mask)
-  return jax.lax.psum(counts, DATA_AXIS)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_step(apply_fn: ApplyFn, names: tuple[str, ...],
-                   settings: attack_suite.SuiteSettings, mesh: Mesh) -> Callable:
-  step = functools.partial(robustness_step, apply_fn=apply_fn, names=names, settings=settings)
-  return parallel.distribute_eval_step(step, mesh)
+      correct[f"{model_name}/{name}"] = per_attack[name]
+  return _tally(correct, batch["mask"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +136,11 @@ def evaluate_suite(apply_fn: ApplyFn, variables: Mapping[str, Any],
   if "transfer" in names and len(variables) < 2:
     raise ValueError("the transfer attack needs a second model to craft on; evaluate both "
                      "models of the run")
-  step = _compiled_step(apply_fn, names, settings, mesh)
   sums = None
   for batch_index, batch in enumerate(batches):
-    counts = step(variables, parallel.shard_host_batch(dict(batch), mesh),
-                  jax.random.fold_in(rng, batch_index))
+    counts = batch_counts(variables, parallel.shard_host_batch(dict(batch), mesh),
+                          jax.random.fold_in(rng, batch_index), mesh, apply_fn=apply_fn,
+                          names=names, settings=settings)
     sums = counts if sums is None else jax.tree.map(jnp.add, sums, counts)
     if on_batch is not None:  # after the batch is done, not dispatched, so rates are real
       jax.block_until_ready(counts)

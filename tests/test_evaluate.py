@@ -125,7 +125,7 @@ def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
   result, settings = suite(names, linear_problem)
   for name in models:
     logits_fn = functools.partial(linear_apply, models[name])
-    rng = jax.random.PRNGKey(3)  # batch 0, then attack i, as robustness_step derives them
+    rng = jax.random.PRNGKey(3)  # batch 0, then attack i, as batch_counts derives them
     correct = np.array(jnp.argmax(logits_fn(images), -1) == labels)
     for attack_index, attack in enumerate(("fgsm", "pgd3")):
       keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(

@@ -1,4 +1,4 @@
-"""Layers shared by every ACT model: He-initialised convolutions and PyTorch-equivalent BatchNorm.
+"""Layers shared by every ACT model: He-initialised convolutions and BatchNorm with PyTorch's defaults.
 
 No model normalises its input: ACT's threat model (epsilon-balls, clipping to [0, 1]) is defined
 in raw pixel space, and the release feeds [0, 1] images straight into the network (ACT spec).
@@ -27,6 +27,9 @@ def conv(features: int, kernel: int, stride: int, dtype: jnp.dtype) -> nn.Conv:
 def batch_norm(train: bool, dtype: jnp.dtype, axis_name: str | None, **kwargs) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults (flax momentum 0.9 == torch momentum 0.1, eps 1e-5).
 
+  The forward pass matches torch's in both modes. One difference remains in the running
+  variance: flax averages in the biased batch variance, torch the unbiased one (larger by
+  n / (n - 1) for n values per channel), a small effect that the PyTorch parity test accounts for.
   `axis_name` is the data-parallel axis ("data") when statistics are synchronised across
   devices, None for per-device statistics as under the release's plain DDP.
   """
