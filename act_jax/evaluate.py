@@ -191,6 +191,7 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   }
   failed = [check for check in checks if not check.passed]
   if is_chief:
+    output.parent.mkdir(parents=True, exist_ok=True)
     reporting.write_json(output, results)
     if plot:
       robustness_report.plot_eps_sweep(sweep, plot, eps=eps)

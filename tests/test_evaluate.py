@@ -33,15 +33,17 @@ def trained_workdir(fake_fashion_mnist_dir, tmp_path_factory):
   return str(root / "run")
 
 
-def test_cli_end_to_end(trained_workdir):
+def test_cli_end_to_end(trained_workdir, tmp_path):
+  output = tmp_path / "new_directory" / "robustness.json"
   result = subprocess.run(
       [sys.executable, "-m", "act_jax.evaluate", f"--workdir={trained_workdir}",
+       f"--output={output}",
        f"--attacks={CLI_ATTACKS}", "--eps=0.1", "--eps-l2=1.0", "--num-examples=24",
        "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2", "--apgd-steps=10"],
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
       timeout=1200)
   assert result.returncode == 0, result.stderr[-5000:]
-  with open(os.path.join(trained_workdir, "robustness.json")) as f:
+  with open(output) as f:
     results = json.load(f)
   assert results["num_examples"] == 24 and results["apgd_steps"] == 10
   assert "10 steps" in results["attacks"]["apgd-ce"]
