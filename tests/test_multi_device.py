@@ -8,6 +8,18 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_on_eight_devices(script: str):
+  """Runs tests/scripts/<script> with 8 simulated CPU devices; the JSON of its last line.
+
+  A subprocess, since the device count is fixed when jax is imported.
+  """
+  environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                     PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts", script)],
+                          capture_output=True, text=True, env=environment, check=True)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_eight_device_step_equals_one_device_step():
   """Loss, grads (through the updated params), BN statistics and PGD noise all agree.
 
@@ -15,12 +27,7 @@ def test_eight_device_step_equals_one_device_step():
   global-batch normalisation make the sharded step compute the single-device step. With
   per-device BatchNorm, the new running statistics are the mean of each shard's own.
   """
-  environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-                     PYTHONPATH=REPO)
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts",
-                                                        "step_equivalence.py")],
-                          capture_output=True, text=True, env=environment, check=True)
-  differences = json.loads(result.stdout.strip().splitlines()[-1])
+  differences = run_on_eight_devices("step_equivalence.py")
   assert differences["num_devices"] == 8
   assert differences["update_size"] > 1e-3  # the step really moved the parameters
   for key in ("params", "robust_params", "batch_stats", "metrics", "per_device_bn"):
@@ -31,12 +38,7 @@ def test_eight_device_step_equals_one_device_step():
 
 def test_eight_device_robustness_evaluation_equals_one_device():
   """Every attack of the evaluation suite counts the same examples when sharded 8 ways."""
-  environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-                     PYTHONPATH=REPO)
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts",
-                                                        "robustness_equivalence.py")],
-                          capture_output=True, text=True, env=environment, check=True)
-  runs = json.loads(result.stdout.strip().splitlines()[-1])
+  runs = run_on_eight_devices("robustness_equivalence.py")
   assert runs["8"]["num_examples"] == runs["1"]["num_examples"] == 29
   assert runs["8"]["accuracy"] == runs["1"]["accuracy"]
   robust = runs["1"]["accuracy"]["robust"]
