@@ -1,0 +1,107 @@
+"""The act_jax ACT step as `throughput` times it: the training code path.
+
+The step is `train_step` under `parallel.distribute_train_step` (shard_map in jit, donated
+state) on a mesh of the given devices, exactly what `act_jax.train` runs per step, with the
+workload's recipe and synthetic data created on the devices.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+
+from act_jax import models, optimizers, parallel
+from act_jax.attacks import parts
+from act_jax.train_state import create_act_state
+from act_jax.train_step import DATA_AXIS, ACTHyperparams, train_step
+from benchmarks.workloads import Workload
+
+# Steps per epoch only place the recipe's learning-rate boundaries; they do not change the work.
+STEPS_PER_EPOCH = 1000
+
+
+@dataclasses.dataclass
+class CompiledACTStep:
+  """A compiled step with its inputs; `run()` takes one step and waits for it."""
+  run: Callable[[], None]
+  compile_seconds: float
+  xla_step_flops: float | None  # XLA cost analysis of the whole step, where its loop is unrolled
+  hyperparams: ACTHyperparams
+
+
+def cost_analysis_flops(compiled: Any) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
+def synthetic_batch(workload: Workload, batch_size: int, sharding: NamedSharding
+                    ) -> dict[str, jax.Array]:
+  """Uniform images in [0, 1] and uniform labels, generated directly on the device."""
+
+  def make(key):
+    image_key, label_key = jax.random.split(key)
+    return {"image": jax.random.uniform(image_key, (batch_size, *workload.image_shape)),
+            "label": jax.random.randint(label_key, (batch_size,), 0, workload.num_classes)}
+
+  return jax.jit(make, out_shardings=sharding)(jax.random.PRNGKey(1))
+
+
+def forward_flops_per_image(workload: Workload, batch_size: int) -> float:
+  """FLOPs of one eval-mode forward pass per image, by XLA's cost analysis (no loops inside).
+
+  Only shapes are needed: the pass is lowered and compiled on abstract values, never run.
+  """
+  config = workload.recipe()
+  model = models.build_model(workload.model, num_classes=workload.num_classes,
+                             base_width=config.model.base_width)
+  images = jax.ShapeDtypeStruct((batch_size, *workload.image_shape), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                             images)
+  forward = jax.jit(functools.partial(model.apply, train=False))
+  return cost_analysis_flops(forward.lower(variables, images).compile()) / batch_size
+
+
+def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
+                     model_dtype: jnp.dtype, devices: list[jax.Device]) -> CompiledACTStep:
+  """Builds the state and batch on `devices`, compiles the step (timed) and returns it.
+
+  With several devices the batch is split over them, as in data-parallel training.
+  """
+  config = workload.recipe()
+  hp = dataclasses.replace(ACTHyperparams.from_config(config), num_steps=pgd_steps)
+  mesh = parallel.make_mesh(devices)
+  model = models.build_model(workload.model, num_classes=workload.num_classes, dtype=model_dtype,
+                             bn_axis_name=DATA_AXIS if config.model.sync_batch_norm else None,
+                             base_width=config.model.base_width)
+  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, STEPS_PER_EPOCH,
+                                                global_batch_size=batch_size)
+  learning_rate_fn = optimizers.learning_rate_schedule(config.optim, STEPS_PER_EPOCH,
+                                                       global_batch_size=batch_size)
+  replicated = NamedSharding(mesh, parallel.REPLICATED)
+  state = jax.jit(lambda rng: create_act_state(model, tx, rng, workload.image_shape),
+                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  batch = synthetic_batch(workload, batch_size, NamedSharding(mesh, parallel.SHARDED))
+  rng = jax.device_put(jax.random.PRNGKey(2), replicated)
+  step = parallel.distribute_train_step(
+      functools.partial(train_step, model=model, tx=tx, hp=hp, learning_rate_fn=learning_rate_fn),
+      mesh)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, rng).compile()
+  compile_seconds = time.perf_counter() - start
+  loop_unrolled = parts.loop_unroll(pgd_steps) == pgd_steps
+  holder = {"state": state}
+
+  def run() -> None:
+    holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready((holder["state"], metrics))
+
+  return CompiledACTStep(
+      run=run, compile_seconds=compile_seconds,
+      xla_step_flops=cost_analysis_flops(compiled) if loop_unrolled else None, hyperparams=hp)

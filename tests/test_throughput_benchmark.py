@@ -1,0 +1,77 @@
+"""benchmarks/throughput.py end to end on a tiny workload, and the pieces its figures rest on.
+
+Timings themselves are not asserted (speed targets live in the benchmark, not in tests); what is
+checked is that the benchmark measures what it says: the FLOP count it divides by, the ratio it
+reports and the files it writes.
+"""
+
+import json
+
+import pytest
+
+from benchmarks import throughput, timing
+
+TINY = ["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2", "--warmup-steps", "1",
+        "--timed-steps", "2", "--matmul-size", "128"]
+
+
+def test_time_calls_times_each_timed_call_after_the_warmup():
+  calls = []
+  result = timing.time_calls(lambda: calls.append(1), warmup_calls=3, timed_calls=4)
+  assert len(calls) == 7
+  assert len(result.step_seconds) == 4
+  assert result.median_seconds >= 0
+
+
+def test_time_calls_rejects_zero_counts():
+  with pytest.raises(ValueError, match="warmup_calls"):
+    timing.time_calls(lambda: None, warmup_calls=0, timed_calls=1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vgg"], "invalid choice"),
+    (["--model", "small_cnn", "--settings", "jax_f64"], "unknown --settings jax_f64; allowed"),
+    (["--model", "small_cnn", "--settings", "torch_eager_bf16"], "need a CUDA GPU"),
+    (["--model", "small_cnn", "--batch", "0"], "--batch must be >= 1"),
+])
+def test_bad_flags_are_named(argv, message, capsys):
+  with pytest.raises(SystemExit):
+    throughput.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory):
+  output_dir = tmp_path_factory.mktemp("throughput")
+  report = throughput.main([*TINY, "--settings", "jax_f32", "--output-dir", str(output_dir)])
+  return report, output_dir
+
+
+def test_jax_only_run_writes_json_and_table(jax_run):
+  report, tmp_path = jax_run
+  written = json.loads((tmp_path / "small_cnn_b4_k2_cpu_1dev.json").read_text())
+  assert written == json.loads(json.dumps(report))
+  (row,) = written["results"]
+  assert row["setting"] == "jax_f32" and row["images_per_second"] > 0
+  assert len(row["step_seconds"]) == 2
+  assert "| jax_f32 |" in (tmp_path / "small_cnn_b4_k2_cpu_1dev.md").read_text()
+
+
+def test_analytic_step_flops_match_xla_cost_analysis_of_the_unrolled_step(jax_run):
+  """(6 + 2K) x forward is the FLOP model MFU rests on; on CPU the attack loop is unrolled, so
+  XLA's cost analysis of the whole compiled step is an independent count to check it against."""
+  flops = jax_run[0]["flops"]
+  xla = flops["xla_cost_analysis_step_flops_per_image"]
+  assert xla is not None
+  assert flops["step_flops_per_image"] == pytest.approx(xla, rel=0.1)
+
+
+def test_torch_and_jax_in_one_run_report_the_speedup(tmp_path):
+  pytest.importorskip("torch", reason="the PyTorch baseline needs torch (the 'torch' extra)")
+  report = throughput.main([*TINY, "--settings", "jax_f32,torch_eager_f32",
+                            "--output-dir", str(tmp_path)])
+  jax_row, torch_row = report["results"]
+  assert torch_row["jax_speedup"] == pytest.approx(
+      jax_row["images_per_second"] / torch_row["images_per_second"])
+  assert set(report["peaks"]["float32"]["flops_per_second"]) == {"jax", "torch"}
+  assert report["meta"]["versions"]["torch"]
