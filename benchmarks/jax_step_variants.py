@@ -52,13 +52,8 @@ def apply_variant(variant: str) -> None:
   if variant == "rolled_attack_loop":
     parts.loop_unroll = lambda num_steps: 1
   elif variant == "no_donation":
-    def without_donation(step_fn, mesh):
-      return jax.jit(jax.shard_map(step_fn, mesh=mesh,
-                                   in_specs=(parallel.REPLICATED, parallel.SHARDED,
-                                             parallel.REPLICATED),
-                                   out_specs=(parallel.REPLICATED, parallel.REPLICATED),
-                                   check_vma=False))
-    parallel.distribute_train_step = without_donation
+    parallel.distribute_train_step = functools.partial(parallel.distribute_train_step,
+                                                       donate_state=False)
 
 
 def time_variant(args: argparse.Namespace) -> dict[str, Any]:

@@ -75,3 +75,18 @@ def test_torch_and_jax_in_one_run_report_the_speedup(tmp_path):
       jax_row["images_per_second"] / torch_row["images_per_second"])
   assert set(report["peaks"]["float32"]["flops_per_second"]) == {"jax", "torch"}
   assert report["meta"]["versions"]["torch"]
+
+
+def test_step_variants_each_run_in_their_own_process(tmp_path):
+  """The attempts table: every variant must build and time the same step, none may fail."""
+  from benchmarks import jax_step_variants  # pylint: disable=g-import-not-at-top
+  jax_step_variants.main(["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2",
+                          "--warmup-steps", "1", "--timed-steps", "1",
+                          "--variants", "shipped,rolled_attack_loop,no_donation",
+                          "--output-dir", str(tmp_path)])
+  report = json.loads((tmp_path / "variants_small_cnn_b4_k2_cpu.json").read_text())
+  assert [row["variant"] for row in report["variants"]] == [
+      "shipped", "rolled_attack_loop", "no_donation"]
+  assert all("error" not in row and row["images_per_second"] > 0 for row in report["variants"])
+  assert {row["block"] for row in report["building_blocks"]} == {
+      "forward (eval)", "input gradient (eval)", "parameter gradient (train)"}
