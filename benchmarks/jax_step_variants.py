@@ -32,7 +32,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from act_jax import models, parallel  # pylint: disable=wrong-import-position
 from act_jax.attacks import parts  # pylint: disable=wrong-import-position
-from benchmarks import jax_act_step  # pylint: disable=wrong-import-position
+from benchmarks import jax_act_step, reports  # pylint: disable=wrong-import-position
 from benchmarks.timing import time_calls  # pylint: disable=wrong-import-position
 from benchmarks.workloads import WORKLOADS, Workload  # pylint: disable=wrong-import-position
 
@@ -210,16 +210,12 @@ def main(argv: list[str]) -> None:
     rows.append(run_variant_in_subprocess(variant, args))
   report = {"meta": {"model": args.model, "batch": args.batch, "pgd_steps": args.pgd_steps,
                      "jax": jax.__version__, "backend": jax.default_backend(),
-                     "command": " ".join(["python benchmarks/jax_step_variants.py", *argv]),
+                     "command": reports.command_line("benchmarks/jax_step_variants.py", argv),
                      "cores": CORES},
             "variants": rows, "building_blocks": time_building_blocks(args)}
-  output_dir = pathlib.Path(args.output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
-  stem = output_dir / (f"variants_{args.model}_b{args.batch}_k{args.pgd_steps}_"
-                       f"{jax.default_backend()}")
   table = markdown(report)
-  stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-  stem.with_suffix(".md").write_text(table + "\n")
+  reports.write_report(args.output_dir, f"variants_{args.model}_b{args.batch}_k{args.pgd_steps}_"
+                       f"{jax.default_backend()}", report, table)
   print(table)
 
 

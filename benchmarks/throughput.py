@@ -20,11 +20,9 @@ devices) and prints the table.
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import platform
-import shlex
 import sys
 from typing import Any
 
@@ -36,7 +34,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from act_jax import optimizers  # pylint: disable=wrong-import-position
-from benchmarks import jax_act_step, matmul_peak  # pylint: disable=wrong-import-position
+from benchmarks import (  # pylint: disable=wrong-import-position
+    jax_act_step, matmul_peak, reports)
 from benchmarks.timing import Timing, time_calls  # pylint: disable=wrong-import-position
 from benchmarks.workloads import WORKLOADS, Workload  # pylint: disable=wrong-import-position
 
@@ -294,13 +293,6 @@ def release_torch_memory() -> None:
     torch.cuda.empty_cache()
 
 
-def command_line(argv: list[str]) -> str:
-  """The command that reproduces this run, with the XLA flags it ran under."""
-  flags = os.environ.get("XLA_FLAGS")
-  prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
-  return prefix + " ".join(["python benchmarks/throughput.py", *map(shlex.quote, argv)])
-
-
 def main(argv: list[str]) -> dict[str, Any]:
   args = parse_args(argv)
   workload = WORKLOADS[args.model]
@@ -345,19 +337,16 @@ def main(argv: list[str]) -> dict[str, Any]:
                "f32_matmul": args.f32_matmul, "timed_steps": args.timed_steps,
                "warmup_steps": args.warmup_steps,
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-               "command": command_line(argv)},
+               "command": reports.command_line("benchmarks/throughput.py", argv)},
       "flops": {"forward_flops_per_image": forward_flops,
                 "step_flops_per_image": flops_per_image,
                 "method": "(6 + 2K) x forward FLOPs by XLA cost analysis",
                 "xla_cost_analysis_step_flops_per_image": xla_step_flops},
       "peaks": peaks, "results": rows}
-  output_dir = pathlib.Path(args.output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
-  stem = output_dir / (f"{args.model}_b{args.batch}_k{args.pgd_steps}_{jax.default_backend()}"
-                       f"_{args.jax_devices}dev")
   table = markdown_table(report)
-  stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-  stem.with_suffix(".md").write_text(table + "\n")
+  stem = reports.write_report(
+      args.output_dir, f"{args.model}_b{args.batch}_k{args.pgd_steps}_{jax.default_backend()}"
+      f"_{args.jax_devices}dev", report, table)
   print(table)
   print(f"\nwrote {stem}.json and {stem}.md", file=sys.stderr)
   return report
