@@ -16,7 +16,8 @@ import pytest
 from act_jax import attacks, models, optimizers, parallel
 from act_jax.attacks import parts
 from act_jax.train_state import ACTState, ModelState
-from act_jax.train_step import ACTHyperparams, eval_mode_logits, example_rngs, train_step
+from act_jax.train_step import ACTHyperparams, eval_mode_logits, example_rngs
+from one_device_step import run_one_device_step
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed: the parity checks against the PyTorch baseline "
@@ -81,11 +82,7 @@ def nhwc(tensor: "torch.Tensor") -> np.ndarray:
 
 def jax_step(model, tx, state, batch, rng):
   """One act_jax step on one device, through the same path as training."""
-  step = parallel.distribute_train_step(
-      functools.partial(train_step, model=model, tx=tx, hp=HP,
-                        learning_rate_fn=optimizers.learning_rate_schedule(optim_config(), 10)),
-      parallel.make_mesh(jax.devices()[:1]))
-  return step(jax.tree.map(jnp.copy, state), batch, rng)
+  return run_one_device_step(model, tx, state, batch, rng, hp=HP, optim_config=optim_config())
 
 
 def jax_noise_and_adversarial(model, state, batch, rng):

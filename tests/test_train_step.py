@@ -1,16 +1,15 @@
 """The ACT train step against a slow reference that differentiates each loss w.r.t. both models."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from act_jax import attacks, losses, models, optimizers, parallel
+from act_jax import attacks, losses, models, optimizers
 from act_jax.train_state import create_act_state
-from act_jax.train_step import ACTHyperparams, eval_mode_logits, train_step
+from act_jax.train_step import ACTHyperparams, eval_mode_logits
+from one_device_step import run_one_device_step
 
 HP = ACTHyperparams(natural_alpha=0.8, robust_alpha=0.7, temperature=4.0, eps=0.1, step_size=0.02,
                     num_steps=3, attack_loss_reduction="reference")
@@ -38,11 +37,7 @@ def setup():
 
 
 def run_step(model, tx, state, batch, rng):
-  step = parallel.distribute_train_step(
-      functools.partial(train_step, model=model, tx=tx, hp=HP,
-                        learning_rate_fn=optimizers.learning_rate_schedule(optim_config(), 10)),
-      parallel.make_mesh(jax.devices()[:1]))
-  return step(jax.tree.map(jnp.copy, state), batch, rng)
+  return run_one_device_step(model, tx, state, batch, rng, hp=HP, optim_config=optim_config())
 
 
 def train_forward(model, params, batch_stats, images):
