@@ -1,12 +1,14 @@
 """act-jax: Adversarial Concurrent Training in JAX/Flax."""
 
+import pathlib
+
 import setuptools
 
 setuptools.setup(
     name="act-jax",
     version="0.1.0",
     description="Adversarial Concurrent Training (ACT, BMVC 2020) in JAX/Flax for TPU and GPU",
-    long_description=open("README.md").read(),
+    long_description=pathlib.Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["act_jax", "act_jax.*"]),
     python_requires=">=3.11",
@@ -28,7 +30,7 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.87"],
+        "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6"],
         "torch": ["torch==2.13.0"],  # the CPU build; benchmarks/ and the parity test
     },
 )

@@ -8,5 +8,5 @@ __version__ = "0.1.0"
 
 def load_model(workdir: str, which: str = "robust"):
   """See `act_jax.api.load_model`."""
-  from act_jax import api  # pylint: disable=g-import-not-at-top  (keeps `import act_jax` light)
+  from act_jax import api  # imported here, so that `import act_jax` stays light
   return api.load_model(workdir, which)

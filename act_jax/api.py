@@ -2,16 +2,16 @@
 
 import dataclasses
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
 from act_jax import checkpointing, models, optimizers, parallel
-from act_jax.train_state import ACTState, create_act_state
+from act_jax.train_state import ACTState, create_act_state, eval_mode_logits
 
 WHICH = ("robust", "natural")
 
@@ -37,13 +37,11 @@ def load_run(workdir: str, *, step: int | None = None,
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: is {workdir} an act_jax workdir?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF only for metadata)
+  from act_jax.data import input_pipeline  # TF, only for the dataset's metadata
   info = input_pipeline.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir,
                                      image_size=config.dataset.image_size,
                                      fashion_mnist_dir=config.dataset.fashion_mnist_dir)
-  model = models.build_model(config.model.name, num_classes=info.num_classes,
-                             dtype=jnp.dtype(config.model.dtype),
-                             base_width=config.model.base_width)
+  model = models.from_config(config, info.num_classes)
   # Only the structure matters for restoring; the schedule length does not affect it.
   tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1,
                                                 global_batch_size=config.train.batch_size)
@@ -70,6 +68,4 @@ def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax
   if which not in WHICH:
     raise ValueError(f"which={which!r}; allowed: {', '.join(WHICH)}")
   run = load_run(workdir)
-  model_state = getattr(run.state, which)
-  variables = {"params": model_state.params, "batch_stats": model_state.batch_stats}
-  return jax.jit(lambda images: run.model.apply(variables, images, train=False))
+  return jax.jit(eval_mode_logits(getattr(run.state, which)))

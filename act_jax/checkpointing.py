@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the whole ACT run: both models, both optimiser states, step, RNG, data position.
+"""Orbax checkpoints of a whole run: train state (models, optimisers, step), RNG, data position.
 
 Saving is collective (every process calls it) and asynchronous; restoring places each array
 straight into the sharding of the live state, so a run can resume on a different device count.
@@ -10,8 +10,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-
-from act_jax.train_state import ACTState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +38,11 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None,
                                item_names=("state", "position"))
 
 
-def save(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Array,
+def save(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
          position: TrainingPosition) -> None:
   """Saves asynchronously; call `manager.wait_until_finished()` before the process exits."""
   manager.save(position.step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"act": state, "rng": rng}),
+      state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
       position=ocp.args.JsonSave(dataclasses.asdict(position))))
 
 
@@ -53,9 +51,8 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Array, *,
-                   step: int | None = None
-                   ) -> tuple[ACTState, jax.Array, TrainingPosition] | None:
+def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *,
+                   step: int | None = None) -> tuple[Any, jax.Array, TrainingPosition] | None:
   """The newest checkpoint (or the one of `step`) restored into `state`'s structure and shardings.
 
   Returns None if the directory holds no checkpoint; raises if `step` names a missing one.
@@ -68,7 +65,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: ACTState, rng: jax.Arr
     raise FileNotFoundError(f"no checkpoint of step {step}; saved steps: "
                             f"{', '.join(map(str, manager.all_steps())) or 'none'}")
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract({"act": state, "rng": rng})),
+      state=ocp.args.StandardRestore(_abstract({"train_state": state, "rng": rng})),
       position=ocp.args.JsonRestore()))
-  return (restored.state["act"], restored.state["rng"],
+  return (restored.state["train_state"], restored.state["rng"],
           TrainingPosition(**restored.position))

@@ -9,7 +9,7 @@ from numbers import Real
 import ml_collections
 
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
-from act_jax.input_pipeline import DATASET_NAMES  # names only: TensorFlow stays unimported
+from act_jax.data.input_pipeline import DATASET_NAMES  # names only: TensorFlow stays unimported
 from act_jax.models import MODEL_NAMES
 
 DTYPES = ("float32", "bfloat16")
@@ -73,7 +73,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   for prefix in ("attack", "eval"):
     _non_negative(config, f"{prefix}.eps")
     _non_negative(config, f"{prefix}.step_size")
-    _positive_int(config, f"{prefix}.num_steps", allow_zero=True)
+  _positive_int(config, "attack.num_steps", allow_zero=True)
+  _positive_int(config, "eval.num_steps")
   _positive(config, "optim.learning_rate")
   if config.optim.base_batch_size is not None:
     _positive_int(config, "optim.base_batch_size")
@@ -84,6 +85,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   epochs = list(config.optim.lr_decay_epochs)
   if any(e < 0 for e in epochs) or epochs != sorted(epochs):
     _fail("optim.lr_decay_epochs", tuple(epochs), "must be non-negative and increasing")
+  if epochs and epochs[0] < config.optim.warmup_epochs:
+    _fail("optim.warmup_epochs", config.optim.warmup_epochs,
+          f"must end before the first lr decay (optim.lr_decay_epochs = {tuple(epochs)})")
   for field in ("train.epochs", "train.log_every_steps", "train.checkpoint_every_steps",
                 "train.max_checkpoints_to_keep"):
     _positive_int(config, field)

@@ -7,7 +7,7 @@ so this runs first thing in `main`.
 """
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 

@@ -1,6 +1,5 @@
 """SGD with PyTorch-style coupled weight decay, and the learning-rate schedule around it."""
 
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -27,16 +26,18 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, steps_per_ep
 
   The release steps its schedule at epoch boundaries; converting the epochs to step counts gives
   the same learning rate at every step. With `warmup_epochs` > 0 the lr first ramps linearly
-  from peak / warmup_steps to the peak, as large-batch ImageNet training needs (Goyal et al.).
+  from peak / warmup_steps to the peak, as large-batch ImageNet training needs (Goyal et al.);
+  config validation keeps every decay after the warmup.
   """
-  boundaries = {int(epoch * steps_per_epoch): optim_config.lr_decay_factor
-                for epoch in optim_config.lr_decay_epochs}
-  decayed = optax.piecewise_constant_schedule(
-      peak_learning_rate(optim_config, global_batch_size), boundaries)
+  peak = peak_learning_rate(optim_config, global_batch_size)
   warmup_steps = int(optim_config.get("warmup_epochs", 0) * steps_per_epoch)
+  boundaries = {int(epoch * steps_per_epoch) - max(warmup_steps, 0): optim_config.lr_decay_factor
+                for epoch in optim_config.lr_decay_epochs}
+  decayed = optax.piecewise_constant_schedule(peak, boundaries)
   if warmup_steps <= 0:
     return decayed
-  return lambda step: decayed(step) * jnp.minimum(1.0, (step + 1) / warmup_steps)
+  warmup = optax.linear_schedule(peak / warmup_steps, peak, transition_steps=warmup_steps - 1)
+  return optax.join_schedules([warmup, decayed], [warmup_steps])
 
 
 def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict, steps_per_epoch: int,

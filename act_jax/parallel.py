@@ -6,14 +6,15 @@ device, many devices and many hosts alike. State is replicated; batches are spli
 data axis of a one-dimensional mesh over all devices of all processes.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from act_jax.train_step import DATA_AXIS
-
+DATA_AXIS = "data"
 REPLICATED = PartitionSpec()
 SHARDED = PartitionSpec(DATA_AXIS)
 
@@ -21,6 +22,16 @@ SHARDED = PartitionSpec(DATA_AXIS)
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+
+
+def unrolls_attack_loops(mesh: Mesh) -> bool:
+  """Whether attacks on this mesh should unroll their loops: yes on CPU, no elsewhere.
+
+  XLA:CPU runs convolutions inside a While body several times slower than the same convolutions
+  in straight-line code (jax-ml/jax#12868); on GPU and TPU the rolled loop is as fast and
+  compiles in constant time. See `attacks.parts.unroll_factor` for the measurements.
+  """
+  return mesh.devices.flat[0].platform == "cpu"
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -43,6 +54,18 @@ def fetch_replicated(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
+def example_rngs(rng: jax.Array, step: jax.Array | int, local_batch_size: int) -> jax.Array:
+  """Per device: one key per example of this shard, from (rng, step, global example index).
+
+  The global index is the device's position on `DATA_AXIS` times the shard size plus the row,
+  so every shard gets its own noise, and the noise of the i-th example of the global batch is
+  the same however the batch is split across devices and hosts; no key is ever reused.
+  """
+  first = jax.lax.axis_index(DATA_AXIS) * local_batch_size
+  indices = first + jnp.arange(local_batch_size)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(rng, step), indices)
+
+
 def distribute_train_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool = True
                           ) -> Callable:
   """`(state, batch, rng) -> (state, metrics)` compiled over `mesh`, donating the old state.
@@ -56,8 +79,12 @@ def distribute_train_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool =
   return jax.jit(mapped, donate_argnums=0 if donate_state else ())
 
 
-def distribute_eval_step(step_fn: Callable, mesh: Mesh) -> Callable:
-  """`(state, batch, rng) -> summed metrics` compiled over `mesh`; the state is not donated."""
-  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=(REPLICATED, SHARDED, REPLICATED),
-                         out_specs=REPLICATED, check_vma=False)
+def distribute_per_example(fn: Callable, mesh: Mesh, num_replicated: int) -> Callable:
+  """`fn(*replicated, batch) -> per-example values` compiled over `mesh`; nothing is donated.
+
+  The first `num_replicated` arguments are replicated (variables, keys), the last is the batch,
+  split along the data axis like the result.
+  """
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=(REPLICATED,) * num_replicated + (SHARDED,),
+                         out_specs=SHARDED, check_vma=False)
   return jax.jit(mapped)

@@ -1,13 +1,16 @@
-"""What the run tells its user: a progress bar, TensorBoard scalars, results as JSON and a table.
+"""What a run tells its user: a progress bar with img/s and ETA, TensorBoard scalars, JSON.
 
 Only process 0 reports; the other processes get no-op writers so the loop needs no branches.
+`clu.metric_writers` and `clu.periodic_actions` would fit here, but importing either imports
+TensorFlow (clu's default writer is a TF summary writer), and act_jax must run without it.
 """
 
 import json
 import os
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import tqdm
 from etils import epath
@@ -28,9 +31,9 @@ class Progress:
     now = time.perf_counter()
     images_per_second = (step - self._last_step) * self._batch / max(now - self._last_time, 1e-9)
     self._bar.update(step - self._last_step)
-    self._bar.set_postfix({"nat_loss": f"{metrics['natural/loss']:.3f}",
-                           "rob_loss": f"{metrics['robust/loss']:.3f}",
-                           "img/s": f"{images_per_second:.0f}"}, refresh=False)
+    losses = {name.replace("/loss", " loss"): f"{value:.3f}" for name, value in metrics.items()
+              if name.endswith("/loss")}
+    self._bar.set_postfix({**losses, "img/s": f"{images_per_second:.0f}"}, refresh=False)
     self._last_step, self._last_time = step, now
     return images_per_second
 
@@ -53,7 +56,7 @@ class ScalarWriter:
   def __init__(self, workdir: str, *, enabled: bool):
     self._writer = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -65,16 +68,6 @@ class ScalarWriter:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
-
-
-def accuracy_table(evaluation: Mapping[str, Any], *, pgd_steps: int, eps: float) -> str:
-  """A markdown table of clean and PGD accuracy (%) of both models."""
-  lines = [f"| model | clean accuracy (%) | PGD-{pgd_steps} accuracy (%), eps={eps:.4g} |",
-           "|---|---|---|"]
-  for name in ("natural", "robust"):
-    lines.append(f"| {name} | {100 * evaluation[name]['clean']:.2f} | "
-                 f"{100 * evaluation[name]['pgd']:.2f} |")
-  return "\n".join(lines)
 
 
 def write_json(path: epath.PathLike, payload: Mapping[str, Any]) -> None:

@@ -9,23 +9,17 @@ import signal
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from act_jax import (checkpointing, config_validation, evaluation, models, optimizers, parallel,
-                     reporting)
-from act_jax.eval_step import EvalAttack, eval_step
-from act_jax.train_state import create_act_state
+from act_jax import checkpointing, config_validation, models, optimizers, parallel, reporting
+from act_jax.attacks import specs as attack_specs
+from act_jax.evaluate import evaluator as evaluator_lib
+from act_jax.evaluate import report
+from act_jax.train_state import create_act_state, eval_mode_apply
 from act_jax.train_step import ACTHyperparams, train_step
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int, *, bn_axis_name: str | None):
-  return models.build_model(config.model.name, num_classes=num_classes,
-                            dtype=jnp.dtype(config.model.dtype), bn_axis_name=bn_axis_name,
-                            base_width=config.model.base_width)
 
 
 class _PreemptionFlag:
@@ -56,7 +50,7 @@ def _prepare_dataset_chief_first(name: str, data_kwargs: dict[str, Any], is_chie
   instead of racing to write it; processes on other hosts with a local `data_dir` prepare
   their own copy.
   """
-  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF is heavy)
+  from act_jax.data import input_pipeline  # TF is heavy
   info = input_pipeline.dataset_info(name, **data_kwargs) if is_chief else None
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("act_jax: dataset prepared by process 0")
@@ -72,16 +66,17 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
   return json.loads(path.read_text())
 
 
-def _record(results: dict[str, Any], result: dict[str, Any], config: ml_collections.ConfigDict,
-            writer: reporting.ScalarWriter, progress: reporting.Progress, results_path: epath.Path,
-            is_chief: bool) -> None:
+def _record(results: dict[str, Any], result: dict[str, Any], writer: reporting.ScalarWriter,
+            progress: reporting.Progress, results_path: epath.Path, is_chief: bool) -> None:
   """Appends one evaluation to the results, TensorBoard and results.json (kept current on disk)."""
   results["evaluations"].append(result)
-  writer.write(result["step"], {f"eval/{name}/{kind}_accuracy": result[name][kind]
-                                for name in ("natural", "robust") for kind in ("clean", "pgd")})
+  writer.write(result["step"], {f"eval/{model}/{name}_accuracy": value
+                                for model, by_name in result["accuracy"].items()
+                                for name, value in by_name.items()})
   progress.write(f"step {result['step']}: " + ", ".join(
-      f"{name} clean {100 * result[name]['clean']:.2f}% PGD-{config.eval.num_steps} "
-      f"{100 * result[name]['pgd']:.2f}%" for name in ("natural", "robust")))
+      f"{model} " + " ".join(f"{report.column_title(name)} {100 * value:.2f}%"
+                             for name, value in by_name.items())
+      for model, by_name in result["accuracy"].items()))
   if is_chief:
     reporting.write_json(results_path, results)
 
@@ -94,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   then return without the final evaluation); it exists so that resumption can be tested.
   Returns the results that are also written to `workdir/results.json`.
   """
-  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF is heavy)
+  from act_jax.data import input_pipeline  # TF is heavy
 
   mesh = parallel.make_mesh()
   config_validation.validate_config(config, num_devices=mesh.size,
@@ -117,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Over one device, synchronised BN is plain BN: skip its collectives (costly on XLA:CPU).
   sync_batch_norm = config.model.sync_batch_norm and mesh.size > 1
   bn_axis_name = parallel.DATA_AXIS if sync_batch_norm else None
-  model = build_model(config, info.num_classes, bn_axis_name=bn_axis_name)
+  model = models.from_config(config, info.num_classes, bn_axis_name=bn_axis_name)
   tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch,
                                                 global_batch_size=config.train.batch_size)
   root_rng = jax.random.PRNGKey(config.seed)
@@ -136,11 +131,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   schedule = optimizers.learning_rate_schedule(config.optim, steps_per_epoch,
                                                global_batch_size=config.train.batch_size)
+  unroll = parallel.unrolls_attack_loops(mesh)
   distributed_train_step = parallel.distribute_train_step(
-      functools.partial(train_step, model=model, tx=tx, hp=ACTHyperparams.from_config(config),
+      functools.partial(train_step, hp=ACTHyperparams.from_config(config, unroll_attack=unroll),
                         learning_rate_fn=schedule), mesh)
-  distributed_eval_step = parallel.distribute_eval_step(
-      functools.partial(eval_step, model=model, attack=EvalAttack.from_config(config)), mesh)
+  evaluator = evaluator_lib.Evaluator(
+      eval_mode_apply(model.apply), mesh, [attack_specs.parse(f"pgd{config.eval.num_steps}")],
+      evaluator_lib.training_settings(config.eval, unroll=unroll))
   per_process_batch = config.train.batch_size // jax.process_count()
   batches = input_pipeline.train_batches(
       config.dataset.name, per_process_batch_size=per_process_batch, seed=config.seed,
@@ -152,9 +149,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         config.dataset.name, per_process_batch_size=config.eval.batch_size // jax.process_count(),
         num_examples=config.eval.num_examples, process_index=jax.process_index(),
         process_count=jax.process_count(), **data_kwargs)
-    result = evaluation.evaluate(distributed_eval_step, state, eval_batches, mesh,
-                                 jax.random.fold_in(eval_rng, step))
-    return {"step": step, **result}
+    result = evaluator({"natural": state.natural.variables, "robust": state.robust.variables},
+                       eval_batches, jax.random.fold_in(eval_rng, step))
+    return {"step": step, "num_examples": result.num_examples, "accuracy": result.accuracy}
 
   results_path = workdir_path / "results.json"
   results = {"config": config.to_dict(), "total_steps": total_steps, "evaluations": [],
@@ -195,16 +192,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return results
       if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
           and step != total_steps:
-        _record(results, run_evaluation(step), config, writer, progress, results_path, is_chief)
+        _record(results, run_evaluation(step), writer, progress, results_path, is_chief)
         progress.reset_clock()
     final = run_evaluation(step)
-    _record(results, final, config, writer, progress, results_path, is_chief)
+    _record(results, final, writer, progress, results_path, is_chief)
     results["final"] = final
     progress.close()
     if is_chief:
       reporting.write_json(results_path, results)
-      print("\n" + reporting.accuracy_table(final, pgd_steps=config.eval.num_steps,
-                                             eps=config.eval.eps), flush=True)
+      print("\n" + report.accuracy_table(final["accuracy"], eps=config.eval.eps), flush=True)
     return results
   finally:
     manager.wait_until_finished()

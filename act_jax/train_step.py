@@ -1,30 +1,33 @@
 """The per-device ACT train step (ACT spec, "One training step").
 
 The step is written for one device holding a shard of the global batch. It knows a single
-named axis, `DATA_AXIS`, over which it averages gradients and metrics; BatchNorm may also reduce
-over it. `parallel` runs it under `jax.shard_map` on a device mesh, also when there is one device.
+named axis, `parallel.DATA_AXIS`, over which it averages gradients and metrics; BatchNorm may
+also reduce over it. `parallel` runs it under `jax.shard_map` on a device mesh, also when there
+is one device.
 """
 
 import dataclasses
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from act_jax import attacks, losses
-from act_jax.train_state import ACTState, ModelState
+from act_jax.parallel import DATA_AXIS, example_rngs
+from act_jax.train_state import ACTState, eval_mode_logits
 
-DATA_AXIS = "data"
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class ACTHyperparams:
-  """The scalars a step needs, frozen so that they can be static under jit."""
+  """The scalars a step needs, frozen so that they can be static under jit.
+
+  `unroll_attack` unrolls the attack loop: the caller decides from the backend
+  (`parallel.unrolls_attack_loops`); it does not change what the step computes.
+  """
   natural_alpha: float
   robust_alpha: float
   temperature: float
@@ -32,41 +35,18 @@ class ACTHyperparams:
   step_size: float
   num_steps: int
   attack_loss_reduction: str
+  unroll_attack: bool = False
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "ACTHyperparams":
+  def from_config(cls, config: ml_collections.ConfigDict, *,
+                  unroll_attack: bool = False) -> "ACTHyperparams":
     return cls(natural_alpha=config.act.natural_alpha, robust_alpha=config.act.robust_alpha,
                temperature=config.act.temperature, eps=config.attack.eps,
                step_size=config.attack.step_size, num_steps=config.attack.num_steps,
-               attack_loss_reduction=config.attack.loss_reduction)
+               attack_loss_reduction=config.attack.loss_reduction, unroll_attack=unroll_attack)
 
 
-def example_rngs(rng: jax.Array, step: jax.Array, local_batch_size: int) -> jax.Array:
-  """One key per example of this device's shard, from (rng, step, global example index).
-
-  Every shard gets its own attack noise, and the noise of the i-th example of the global batch
-  is the same however the batch is split across devices and hosts; no key is ever reused.
-  """
-  first = jax.lax.axis_index(DATA_AXIS) * local_batch_size
-  indices = first + jnp.arange(local_batch_size)
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(rng, step), indices)
-
-
-def eval_mode_logits(model: nn.Module, params: Any, batch_stats: Any):
-  """`images -> logits` with running BatchNorm statistics and no state update."""
-  return lambda images: model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=False)
-
-
-def apply_update(tx: optax.GradientTransformation, model_state: ModelState, grads: Any,
-                 batch_stats: Any) -> ModelState:
-  updates, opt_state = tx.update(grads, model_state.opt_state, model_state.params)
-  return ModelState(params=optax.apply_updates(model_state.params, updates),
-                    batch_stats=batch_stats, opt_state=opt_state)
-
-
-def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, hp: ACTHyperparams,
+def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperparams,
                learning_rate_fn: optax.Schedule) -> tuple[ACTState, Metrics]:
   """One ACT step for both models, from one snapshot of both.
 
@@ -82,8 +62,8 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, model: nn.Modul
   natural, robust = state.natural, state.robust
 
   def natural_forward(params):
-    logits, mutated = model.apply({"params": params, "batch_stats": natural.batch_stats}, images,
-                                  train=True, mutable=["batch_stats"])
+    logits, mutated = natural.apply_fn({"params": params, "batch_stats": natural.batch_stats},
+                                       images, train=True, mutable=["batch_stats"])
     return logits, mutated["batch_stats"]
 
   natural_logits, natural_vjp, natural_batch_stats = jax.vjp(natural_forward, natural.params,
@@ -91,14 +71,14 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, model: nn.Modul
   natural_logits_target = jax.lax.stop_gradient(natural_logits)
 
   adversarial_images = attacks.act_training_attack(
-      eval_mode_logits(model, robust.params, robust.batch_stats), images, labels,
-      natural_logits_target, example_rngs(rng, state.step, images.shape[0]), eps=hp.eps,
-      step_size=hp.step_size, num_steps=hp.num_steps, alpha=hp.robust_alpha, reduction=hp.attack_loss_reduction,
-      global_batch_size=global_batch_size)
+      eval_mode_logits(robust), images, labels, natural_logits_target,
+      example_rngs(rng, state.step, images.shape[0]), eps=hp.eps, step_size=hp.step_size,
+      num_steps=hp.num_steps, alpha=hp.robust_alpha, reduction=hp.attack_loss_reduction,
+      global_batch_size=global_batch_size, unroll=hp.unroll_attack)
 
   def robust_loss_fn(params):
-    logits, mutated = model.apply({"params": params, "batch_stats": robust.batch_stats},
-                                  adversarial_images, train=True, mutable=["batch_stats"])
+    logits, mutated = robust.apply_fn({"params": params, "batch_stats": robust.batch_stats},
+                                      adversarial_images, train=True, mutable=["batch_stats"])
     loss, metrics = losses.act_model_loss(logits, natural_logits_target, labels,
                                           alpha=hp.robust_alpha, temperature=hp.temperature)
     return loss, (logits, mutated["batch_stats"], metrics)
@@ -119,9 +99,8 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, model: nn.Modul
   natural_grads, robust_grads, natural_batch_stats, robust_batch_stats = jax.lax.pmean(
       (natural_grads, robust_grads, natural_batch_stats, robust_batch_stats), DATA_AXIS)
   new_state = ACTState(
-      step=state.step + 1,
-      natural=apply_update(tx, natural, natural_grads, natural_batch_stats),
-      robust=apply_update(tx, robust, robust_grads, robust_batch_stats))
+      natural=natural.apply_gradients(grads=natural_grads, batch_stats=natural_batch_stats),
+      robust=robust.apply_gradients(grads=robust_grads, batch_stats=robust_batch_stats))
   metrics = {**{f"natural/{k}": v for k, v in natural_metrics.items()},
              **{f"robust/{k}": v for k, v in robust_metrics.items()},
              "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32)}

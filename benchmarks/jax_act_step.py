@@ -8,7 +8,8 @@ workload's recipe and synthetic data created on the devices.
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from jax.sharding import NamedSharding
 from act_jax import models, optimizers, parallel
 from act_jax.attacks import parts
 from act_jax.train_state import create_act_state
-from act_jax.train_step import DATA_AXIS, ACTHyperparams, train_step
+from act_jax.train_step import ACTHyperparams, train_step
 from benchmarks.workloads import Workload
 
 # Steps per epoch only place the recipe's learning-rate boundaries; they do not change the work.
@@ -57,9 +58,7 @@ def forward_flops_per_image(workload: Workload, batch_size: int) -> float:
 
   Only shapes are needed: the pass is lowered and compiled on abstract values, never run.
   """
-  config = workload.recipe()
-  model = models.build_model(workload.model, num_classes=workload.num_classes,
-                             base_width=config.model.base_width)
+  model = models.from_config(workload.recipe(), workload.num_classes)
   images = jax.ShapeDtypeStruct((batch_size, *workload.image_shape), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                              images)
@@ -68,17 +67,25 @@ def forward_flops_per_image(workload: Workload, batch_size: int) -> float:
 
 
 def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
-                     model_dtype: jnp.dtype, devices: list[jax.Device]) -> CompiledACTStep:
+                     model_dtype: jnp.dtype, devices: list[jax.Device],
+                     unroll_attack: bool | None = None, donate_state: bool = True
+                     ) -> CompiledACTStep:
   """Builds the state and batch on `devices`, compiles the step (timed) and returns it.
 
   With several devices the batch is split over them, as in data-parallel training.
+  `unroll_attack` None unrolls the attack where training would (on CPU); the variants
+  benchmark sets it, and `donate_state`, to measure what each choice is worth.
   """
   config = workload.recipe()
-  hp = dataclasses.replace(ACTHyperparams.from_config(config), num_steps=pgd_steps)
+  config.model.dtype = jnp.dtype(model_dtype).name
   mesh = parallel.make_mesh(devices)
-  model = models.build_model(workload.model, num_classes=workload.num_classes, dtype=model_dtype,
-                             bn_axis_name=DATA_AXIS if config.model.sync_batch_norm else None,
-                             base_width=config.model.base_width)
+  if unroll_attack is None:
+    unroll_attack = parallel.unrolls_attack_loops(mesh)
+  hp = dataclasses.replace(ACTHyperparams.from_config(config, unroll_attack=unroll_attack),
+                           num_steps=pgd_steps)
+  model = models.from_config(
+      config, workload.num_classes,
+      bn_axis_name=parallel.DATA_AXIS if config.model.sync_batch_norm else None)
   tx = optimizers.sgd_with_coupled_weight_decay(config.optim, STEPS_PER_EPOCH,
                                                 global_batch_size=batch_size)
   learning_rate_fn = optimizers.learning_rate_schedule(config.optim, STEPS_PER_EPOCH,
@@ -89,13 +96,13 @@ def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
   batch = synthetic_batch(workload, batch_size, NamedSharding(mesh, parallel.SHARDED))
   rng = jax.device_put(jax.random.PRNGKey(2), replicated)
   step = parallel.distribute_train_step(
-      functools.partial(train_step, model=model, tx=tx, hp=hp, learning_rate_fn=learning_rate_fn),
-      mesh)
+      functools.partial(train_step, hp=hp, learning_rate_fn=learning_rate_fn), mesh,
+      donate_state=donate_state)
 
   start = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
   compile_seconds = time.perf_counter() - start
-  loop_unrolled = parts.loop_unroll(pgd_steps) == pgd_steps
+  loop_unrolled = parts.unroll_factor(pgd_steps, unroll_attack) >= pgd_steps
   holder = {"state": state}
 
   def run() -> None:

@@ -1,6 +1,6 @@
 """Speed-up attempts on the act_jax step, each timed against the step as it ships.
 
-    python benchmarks/jax_step_variants.py --model resnet18_cifar --batch 32 --pgd-steps 10
+    python -m benchmarks.jax_step_variants --model resnet18_cifar --batch 32 --pgd-steps 10
 
 Every variant computes the same step; they differ in how it is compiled or run:
 - `shipped`: what `act_jax.train` runs on one device (attack loop unrolled on CPU, state
@@ -23,18 +23,16 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-
-from act_jax import models, parallel  # pylint: disable=wrong-import-position
-from act_jax.attacks import parts  # pylint: disable=wrong-import-position
-from benchmarks import jax_act_step, reports  # pylint: disable=wrong-import-position
-from benchmarks.timing import time_calls  # pylint: disable=wrong-import-position
-from benchmarks.workloads import WORKLOADS, Workload  # pylint: disable=wrong-import-position
+from act_jax import models
+from benchmarks import jax_act_step, reports
+from benchmarks.timing import time_calls
+from benchmarks.workloads import WORKLOADS, Workload
 
 XLA_FLAG_VARIANTS = {
     "xla_onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
@@ -47,20 +45,14 @@ DEVICE_PER_CORE_FLAG = f"--xla_force_host_platform_device_count={CORES}"
 VARIANTS = ("shipped", "device_per_core", "rolled_attack_loop", "no_donation", *XLA_FLAG_VARIANTS)
 
 
-def apply_variant(variant: str) -> None:
-  """Rewires this process so that `jax_act_step` builds the variant's step."""
-  if variant == "rolled_attack_loop":
-    parts.loop_unroll = lambda num_steps: 1
-  elif variant == "no_donation":
-    parallel.distribute_train_step = functools.partial(parallel.distribute_train_step,
-                                                       donate_state=False)
-
-
 def time_variant(args: argparse.Namespace) -> dict[str, Any]:
-  apply_variant(args.variant)
-  step = jax_act_step.compile_act_step(WORKLOADS[args.model], batch_size=args.batch,
-                                       pgd_steps=args.pgd_steps, model_dtype=jnp.float32,
-                                       devices=jax.local_devices())
+  """Compiles and times the variant's step; the two variants of how it is built pass their
+  choice to `compile_act_step`, the others differ only in their process's XLA flags."""
+  step = jax_act_step.compile_act_step(
+      WORKLOADS[args.model], batch_size=args.batch, pgd_steps=args.pgd_steps,
+      model_dtype=jnp.float32, devices=jax.local_devices(),
+      unroll_attack=False if args.variant == "rolled_attack_loop" else None,
+      donate_state=args.variant != "no_donation")
   timing = time_calls(step.run, warmup_calls=args.warmup_steps, timed_calls=args.timed_steps)
   return {"variant": args.variant, "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "compile_seconds": step.compile_seconds, "median_step_seconds": timing.median_seconds,
@@ -73,10 +65,12 @@ def run_variant_in_subprocess(variant: str, args: argparse.Namespace) -> dict[st
   flag = DEVICE_PER_CORE_FLAG if variant == "device_per_core" else XLA_FLAG_VARIANTS.get(variant)
   if flag:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
-  command = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch),
+  command = [sys.executable, "-m", "benchmarks.jax_step_variants", "--model", args.model,
+             "--batch", str(args.batch),
              "--pgd-steps", str(args.pgd_steps), "--warmup-steps", str(args.warmup_steps),
              "--timed-steps", str(args.timed_steps), "--variant", variant]
-  result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+  result = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
   if result.returncode != 0:
     return {"variant": variant, "error": result.stderr.strip().splitlines()[-1][:300]}
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -87,9 +81,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def jax_building_blocks(workload: Workload, batch: int) -> dict[str, Callable[[], None]]:
-  config = workload.recipe()
-  model = models.build_model(workload.model, num_classes=workload.num_classes,
-                             base_width=config.model.base_width)
+  model = models.from_config(workload.recipe(), workload.num_classes)
   images = jax.random.uniform(jax.random.PRNGKey(0), (batch, *workload.image_shape))
   labels = jnp.zeros((batch,), jnp.int32)
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(1), images)
@@ -113,9 +105,10 @@ def jax_building_blocks(workload: Workload, batch: int) -> dict[str, Callable[[]
 
 
 def torch_building_blocks(workload: Workload, batch: int) -> dict[str, Callable[[], None]]:
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_act  # pylint: disable=g-import-not-at-top
+  import torch
+  import torch.nn.functional as F
+
+  from benchmarks import torch_act
   model = torch_act.build_model(workload.torch_model, num_classes=workload.num_classes,
                                 base_width=workload.recipe().model.base_width)
   height, width, channels = workload.image_shape
@@ -145,7 +138,7 @@ def time_building_blocks(args: argparse.Namespace) -> list[dict[str, Any]]:
   workload = WORKLOADS[args.model]
   frameworks = {"jax": jax_building_blocks(workload, args.batch)}
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
     torch.set_num_threads(CORES)
     frameworks["torch"] = torch_building_blocks(workload, args.batch)
   except ImportError:
@@ -210,7 +203,7 @@ def main(argv: list[str]) -> None:
     rows.append(run_variant_in_subprocess(variant, args))
   report = {"meta": {"model": args.model, "batch": args.batch, "pgd_steps": args.pgd_steps,
                      "jax": jax.__version__, "backend": jax.default_backend(),
-                     "command": reports.command_line("benchmarks/jax_step_variants.py", argv),
+                     "command": reports.command_line("benchmarks.jax_step_variants", argv),
                      "cores": CORES},
             "variants": rows, "building_blocks": time_building_blocks(args)}
   table = markdown(report)

@@ -27,7 +27,7 @@ def jax_matmul_flops_per_second(size: int, dtype: jnp.dtype, device: jax.Device)
 
 def torch_matmul_flops_per_second(size: int, dtype, device) -> float:
   """The same product in PyTorch on `device` (float32: TF32 as the caller set it)."""
-  import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+  import torch  # optional dependency
   generator = torch.Generator(device="cpu").manual_seed(0)
   a, b = (torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
           for _ in range(2))

@@ -7,11 +7,11 @@ import shlex
 from typing import Any
 
 
-def command_line(script: str, argv: list[str]) -> str:
+def command_line(module: str, argv: list[str]) -> str:
   """The command that reproduces this run, with the XLA flags it ran under."""
   flags = os.environ.get("XLA_FLAGS")
   prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
-  return prefix + " ".join([f"python {script}", *map(shlex.quote, argv)])
+  return prefix + " ".join([f"python -m {module}", *map(shlex.quote, argv)])
 
 
 def write_report(output_dir: str | pathlib.Path, name: str, report: dict[str, Any],

@@ -1,6 +1,6 @@
 """ACT step throughput: act_jax against the PyTorch baseline, in one run on one device.
 
-    python benchmarks/throughput.py --model resnet18_cifar --batch 128 --pgd-steps 10
+    python -m benchmarks.throughput --model resnet18_cifar --batch 128 --pgd-steps 10
 
 Each setting times the full ACT step (natural forward/backward, K-step PGD on the robust model,
 robust forward/backward, both SGD updates) on synthetic data already on the device: the first
@@ -28,16 +28,15 @@ from typing import Any
 
 # JAX must not preallocate most of a GPU's memory: PyTorch shares the device in this run.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
 
-from act_jax import optimizers  # pylint: disable=wrong-import-position
-from benchmarks import (  # pylint: disable=wrong-import-position
-    jax_act_step, matmul_peak, reports)
-from benchmarks.timing import Timing, time_calls  # pylint: disable=wrong-import-position
-from benchmarks.workloads import WORKLOADS, Workload  # pylint: disable=wrong-import-position
+from act_jax import optimizers
+from act_jax.train_step import ACTHyperparams
+from benchmarks import jax_act_step, matmul_peak, reports
+from benchmarks.timing import Timing, time_calls
+from benchmarks.workloads import WORKLOADS, Workload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +116,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def torch_device():
-  import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+  import torch  # optional dependency
   use_cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
   return torch.device("cuda" if use_cuda else "cpu")
 
@@ -141,15 +140,12 @@ def time_jax(workload: Workload, setting: Setting, args: argparse.Namespace) -> 
 
 
 def time_torch(workload: Workload, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
-  import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_act  # pylint: disable=g-import-not-at-top
+  import torch
+
+  from benchmarks import torch_act
   device = torch_device()
   config = workload.recipe()
-  hp = torch_act.ACTHyperparams(
-      natural_alpha=config.act.natural_alpha, robust_alpha=config.act.robust_alpha,
-      temperature=config.act.temperature, eps=config.attack.eps,
-      step_size=config.attack.step_size, num_steps=args.pgd_steps,
-      attack_loss_reduction=config.attack.loss_reduction)
+  hp = dataclasses.replace(ACTHyperparams.from_config(config), num_steps=args.pgd_steps)
   torch.manual_seed(0)
   new_model = lambda: torch_act.build_model(workload.torch_model, num_classes=workload.num_classes,
                                             base_width=config.model.base_width)
@@ -173,7 +169,7 @@ def time_torch(workload: Workload, setting: Setting, args: argparse.Namespace) -
 
 def configure_float32_precision(mode: str) -> None:
   """The same float32 matmul/conv precision in PyTorch as `jax.default_matmul_precision`."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   allow_tf32 = mode == "tf32"
   torch.backends.cuda.matmul.allow_tf32 = allow_tf32
   torch.backends.cudnn.allow_tf32 = allow_tf32
@@ -189,7 +185,7 @@ def measure_peaks(args: argparse.Namespace, dtypes: set[str], use_torch: bool) -
       measured = {"jax": matmul_peak.jax_matmul_flops_per_second(size, DTYPES[dtype],
                                                                   jax.devices()[0])}
     if use_torch:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch
       measured["torch"] = matmul_peak.torch_matmul_flops_per_second(
           size, getattr(torch, dtype), torch_device())
     peaks[dtype] = {"matmul_size": size, "flops_per_second": measured,
@@ -288,7 +284,7 @@ def first_line(error: Exception) -> str:
 
 def release_torch_memory() -> None:
   """Returns PyTorch's cached GPU memory, which JAX shares in this run."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   if torch.cuda.is_available():
     torch.cuda.empty_cache()
 
@@ -301,7 +297,7 @@ def main(argv: list[str]) -> dict[str, Any]:
   versions = {"jax": jax.__version__, "python": platform.python_version()}
   if use_torch:
     try:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch
     except ImportError:
       sys.exit("PyTorch settings were asked for but torch is not installed "
                "(pip install -e '.[torch]', or pass --settings=jax_f32,jax_bf16)")
@@ -317,7 +313,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(f"timing {name} ...", file=sys.stderr, flush=True)
     try:
       measured = (time_jax if setting.framework == "jax" else time_torch)(workload, setting, args)
-    except Exception as error:  # pylint: disable=broad-except  (recorded, not hidden)
+    except Exception as error:  # noqa: BLE001  (recorded in the report, not hidden)
       rows.append({"setting": name, "framework": setting.framework, "dtype": setting.dtype,
                    "error": f"{type(error).__name__}: {first_line(error)}"})
       print(f"  {name} failed: {rows[-1]['error']}", file=sys.stderr)
@@ -336,8 +332,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                "versions": versions, "torch_threads": args.torch_threads if use_torch else None,
                "f32_matmul": args.f32_matmul, "timed_steps": args.timed_steps,
                "warmup_steps": args.warmup_steps,
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-               "command": reports.command_line("benchmarks/throughput.py", argv)},
+               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+               "command": reports.command_line("benchmarks.throughput", argv)},
       "flops": {"forward_flops_per_image": forward_flops,
                 "step_flops_per_image": flops_per_image,
                 "method": "(6 + 2K) x forward FLOPs by XLA cost analysis",

@@ -7,7 +7,7 @@ Every call passed here must block until its device work is done (`jax.block_unti
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,22 +26,24 @@ class Timing:
     return (max(self.step_seconds) - min(self.step_seconds)) / self.median_seconds
 
 
-def time_calls(call: Callable[[], object], *, warmup_calls: int, timed_calls: int) -> Timing:
+def time_calls(call: Callable[[], object], *, warmup_calls: int, timed_calls: int,
+               clock: Callable[[], float] = time.perf_counter) -> Timing:
   """Times `call` once cold, runs `warmup_calls - 1` more untimed, then times `timed_calls`.
 
   The median of per-call times is robust to a stray slow call (a GC pause, another process)
-  that would skew a mean over one long interval.
+  that would skew a mean over one long interval. `clock` is read before and after each timed
+  call.
   """
   if warmup_calls < 1 or timed_calls < 1:
     raise ValueError(f"warmup_calls ({warmup_calls}) and timed_calls ({timed_calls}) must be >= 1")
-  start = time.perf_counter()
+  start = clock()
   call()
-  first = time.perf_counter() - start
+  first = clock() - start
   for _ in range(warmup_calls - 1):
     call()
   times = []
   for _ in range(timed_calls):
-    start = time.perf_counter()
+    start = clock()
     call()
-    times.append(time.perf_counter() - start)
+    times.append(clock() - start)
   return Timing(first_seconds=first, step_seconds=tuple(times))

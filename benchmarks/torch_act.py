@@ -17,13 +17,15 @@ stored values unchanged, and the parity test compares the update with the factor
 """
 
 import contextlib
-import time
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from act_jax.train_step import ACTHyperparams
 
 ACT_INIT_STD = 0.001
 BN_EPS = 1e-5
@@ -88,7 +90,7 @@ class SmallCNN(nn.Module):
     init_weights(self)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    for index, (conv_layer, bn) in enumerate(zip(self.convs, self.bns)):
+    for index, (conv_layer, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
       x = F.relu(bn(conv_layer(x)))
       if index % 2 == 1:
         x = F.max_pool2d(x, 2, 2)  # floor mode drops an odd last row/column, as act_jax
@@ -374,17 +376,6 @@ def act_attack_objective(logits: torch.Tensor, labels: torch.Tensor,
 # The step.
 
 
-class ACTHyperparams(NamedTuple):
-  """The same scalars as act_jax.train_step.ACTHyperparams."""
-  natural_alpha: float = 0.9
-  robust_alpha: float = 0.9
-  temperature: float = 4.0
-  eps: float = 0.031
-  step_size: float = 0.007
-  num_steps: int = 10
-  attack_loss_reduction: str = "reference"
-
-
 class StepOutput(NamedTuple):
   """Metrics ("natural/loss", "robust/ce", ...: detached 0-d tensors, no host sync) and x'."""
   metrics: dict[str, torch.Tensor]
@@ -501,23 +492,3 @@ class TorchACT:
 def synchronize(device: torch.device) -> None:
   if device.type == "cuda":
     torch.cuda.synchronize(device)
-
-
-def time_steps(trainer: TorchACT, images: torch.Tensor, labels: torch.Tensor, *,
-               num_steps: int, warmup_steps: int = 3) -> dict[str, float]:
-  """Seconds per ACT step and images per second over `num_steps` steps after a warm-up.
-
-  The warm-up absorbs `torch.compile` and cuDNN autotuning; the device is synchronised
-  before and after the timed loop, since CUDA kernels run asynchronously.
-  """
-  images, labels = trainer.to_input(images), labels.to(trainer.device)
-  for _ in range(warmup_steps):
-    trainer.step(images, labels)
-  synchronize(trainer.device)
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    output = trainer.step(images, labels)
-  float(output.metrics["robust/loss"])
-  synchronize(trainer.device)
-  seconds = (time.perf_counter() - start) / num_steps
-  return {"seconds_per_step": seconds, "images_per_second": images.shape[0] / seconds}

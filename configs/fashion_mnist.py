@@ -1,4 +1,4 @@
-"""The default job: ACT with a small CNN on Fashion-MNIST, sized for a few minutes on 2 CPU cores."""
+"""The default job: ACT with a small CNN on Fashion-MNIST, sized for minutes on 2 CPU cores."""
 
 from configs import common
 

@@ -1,5 +1,6 @@
 """APGD against the published schedule and a NumPy re-implementation of its step-size rule."""
 
+import functools
 import math
 
 import jax
@@ -9,7 +10,8 @@ import pytest
 
 from act_jax import attacks
 from act_jax.attacks import apgd_attack as apgd_lib
-from act_jax.attacks import objectives as lib_objectives, parts
+from act_jax.attacks import objectives as lib_objectives
+from act_jax.attacks import parts
 
 NUM_CLASSES = 3
 HIDDEN = 8
@@ -21,7 +23,7 @@ def np_checkpoints(num_steps):
   p = [0.0, 0.22]
   while p[-1] <= 1.0:
     p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-  w = [int(math.ceil(round(pj * num_steps, 6))) for pj in p]
+  w = [math.ceil(round(pj * num_steps, 6)) for pj in p]
   return sorted({wj for wj in w if wj <= num_steps})
 
 
@@ -146,7 +148,7 @@ def test_apgd_run_matches_numpy(toy, norm, eps):
     start = parts.random_init(norm, keys, images64, eps)
     evaluate = toy_evaluate(*(jnp.asarray(p, jnp.float64) for p in (w1, b1, w2, b2)),
                             jnp.asarray(labels))
-    trace = jax.jit(lambda start: apgd_lib._apgd_run(  # pylint: disable=protected-access
+    trace = jax.jit(lambda start: apgd_lib._apgd_run(
         evaluate, start, parts.projection(norm, images64, eps), parts.step_rule(norm), eps=eps,
         num_steps=num_steps, rho=0.75, momentum=0.75))(start)
     trace = jax.tree.map(np.asarray, trace)
@@ -154,7 +156,7 @@ def test_apgd_run_matches_numpy(toy, norm, eps):
   assert trace.step_sizes.dtype == np.float64
   fired, compared = set(), 0
   for b in range(len(labels)):
-    evaluate_np = lambda x: np_toy_evaluate(w1, b1, w2, b2, x, labels[b])
+    evaluate_np = functools.partial(np_toy_evaluate, w1, b1, w2, b2, label=labels[b])
     etas, best, best_loss, worst, worst_wrong, fired_b, ambiguous = np_apgd(
         evaluate_np, images[b].reshape(2), start[b].reshape(2), eps=eps, num_steps=num_steps,
         norm=norm)
@@ -184,7 +186,7 @@ def test_apgd_returns_the_worst_case_of_its_runs(toy):
 
   @jax.jit
   def one_run(run_keys):
-    return apgd_lib._apgd_run(  # pylint: disable=protected-access
+    return apgd_lib._apgd_run(
         evaluate, parts.uniform_init(run_keys, images, eps), parts.linf_projection(images, eps),
         parts.sign_gradient_step, eps=eps, num_steps=num_steps, rho=0.75,
         momentum=0.75).worst_case

@@ -1,5 +1,7 @@
 """The attacks: one step against an analytic NumPy gradient, and the threat-model constraints."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 
 from act_jax import attacks, models
 from act_jax.attacks import objectives, parts, targets
-from test_losses import np_log_softmax
+
+from helpers import np_log_softmax
 
 NUM_CLASSES = 5
 
@@ -44,7 +47,8 @@ def np_act_attack_step(images, start, labels, weights, bias, natural_logits, *, 
   probs = np_softmax(logits.astype(np.float64))
   onehot = np.eye(NUM_CLASSES)[labels]
   kl_weight = alpha if reduction == "reference" else alpha / batch
-  dlogits = (1 - alpha) * (probs - onehot) / batch + kl_weight * (probs - np_softmax(natural_logits))
+  dlogits = ((1 - alpha) * (probs - onehot) / batch
+             + kl_weight * (probs - np_softmax(natural_logits)))
   gradient = (dlogits @ weights.T).reshape(start.shape)
   stepped = start + step_size * np.sign(gradient)
   return np.clip(np.clip(stepped, images - eps, images + eps), 0.0, 1.0)
@@ -71,7 +75,7 @@ def test_one_pgd_step_matches_numpy(problem):
   images, labels, weights, bias, _ = problem
   rng = keys(4)
   eps, step_size = 0.1, 0.03
-  adversarial = attacks.pgd_linf(linear_model(weights, bias), jnp.asarray(images),
+  adversarial = attacks.pgd(linear_model(weights, bias), jnp.asarray(images),
                                  jnp.asarray(labels), rng, eps=eps, step_size=step_size,
                                  num_steps=1)
   noise = np.stack([np.asarray(jax.random.uniform(k, images.shape[1:], minval=-eps, maxval=eps))
@@ -79,7 +83,8 @@ def test_one_pgd_step_matches_numpy(problem):
   start = np.clip(images + noise, 0, 1)
   logits = start.reshape(len(labels), -1) @ weights + bias
   gradient = ((np_softmax(logits) - np.eye(NUM_CLASSES)[labels]) @ weights.T).reshape(images.shape)
-  expected = np.clip(np.clip(start + step_size * np.sign(gradient), images - eps, images + eps), 0, 1)
+  stepped = start + step_size * np.sign(gradient)
+  expected = np.clip(np.clip(stepped, images - eps, images + eps), 0, 1)
   np.testing.assert_allclose(adversarial, expected, atol=1e-6)
 
 
@@ -95,7 +100,7 @@ def test_adversarial_examples_stay_in_eps_ball_and_image_range(problem, attack):
         linear_model(weights, bias), images, jnp.asarray(labels), jnp.asarray(natural_logits),
         keys(0), alpha=0.9, reduction="reference", global_batch_size=4, **kwargs)
   else:
-    adversarial = attacks.pgd_linf(linear_model(weights, bias), images, jnp.asarray(labels),
+    adversarial = attacks.pgd(linear_model(weights, bias), images, jnp.asarray(labels),
                                    keys(0), **kwargs)
   assert float(jnp.max(jnp.abs(adversarial - images))) <= eps + 1e-6
   assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
@@ -111,10 +116,10 @@ def test_noise_of_an_example_does_not_depend_on_the_rest_of_the_batch(problem):
 
 
 def test_attack_is_jittable_and_carries_no_gradient(problem):
-  images, labels, weights, bias, natural_logits = problem
+  images, labels, weights, bias, _natural_logits = problem
 
   def attacked_loss(images):
-    adversarial = attacks.pgd_linf(linear_model(weights, bias), images, jnp.asarray(labels),
+    adversarial = attacks.pgd(linear_model(weights, bias), images, jnp.asarray(labels),
                                    keys(0), eps=0.1, step_size=0.01, num_steps=3)
     return jnp.sum(adversarial)
 
@@ -179,11 +184,17 @@ def test_every_attack_stays_in_its_threat_model_under_jit(edge_problem, attack):
   assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
 
 
-def test_pgd_defaults_are_pgd_linf(problem):
-  images, labels, weights, bias, _ = problem
-  args = (linear_model(weights, bias), jnp.asarray(images), jnp.asarray(labels), keys(6))
-  kwargs = dict(eps=0.1, step_size=0.03, num_steps=3)
-  np.testing.assert_array_equal(attacks.pgd(*args, **kwargs), attacks.pgd_linf(*args, **kwargs))
+@pytest.mark.parametrize("attack", [
+    functools.partial(attacks.pgd, eps=EPS["linf"], step_size=0.02, num_steps=4),
+    functools.partial(attacks.pgd, eps=EPS["linf"], step_size=0.02, num_steps=3, loss="dlr",
+                      restarts=2),
+    functools.partial(attacks.apgd, eps=EPS["linf"], num_steps=5)], ids=["pgd", "restarts", "apgd"])
+def test_unrolling_does_not_change_an_attack(edge_problem, attack):
+  """`unroll` (asked for on CPU) changes how the loop compiles, not what it computes."""
+  images, labels, logits_fn = edge_problem
+  run = lambda unroll: jax.jit(lambda x, y, k: attack(logits_fn, x, y, k, unroll=unroll))(
+      images, labels, keys(4))
+  np.testing.assert_allclose(run(True), run(False), atol=1e-6)
 
 
 def test_fgsm_is_one_full_eps_sign_step_from_x(problem):
@@ -268,9 +279,9 @@ def test_attacks_do_not_depend_on_batch_splitting(edge_problem, attack):
 def test_apgd_t_batched_targets_equal_targets_in_turn(edge_problem, restarts):
   """The CPU layout (all targets as one batch) computes the accelerator one (a loop over them)."""
   images, labels, logits_fn = edge_problem
-  run = lambda batch_targets: jax.jit(lambda x, y, k: attacks.apgd_targeted(
+  run = lambda unroll: jax.jit(lambda x, y, k: attacks.apgd_targeted(
       logits_fn, x, y, k, eps=EPS["linf"], num_steps=10, num_target_classes=3,
-      restarts=restarts, batch_targets=batch_targets))(images, labels, keys(4))
+      restarts=restarts, unroll=unroll))(images, labels, keys(4))
   np.testing.assert_allclose(run(True), run(False), atol=1e-6)
 
 

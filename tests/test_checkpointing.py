@@ -3,16 +3,20 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from act_jax import checkpointing, parallel
 from act_jax.train_state import ACTState, ModelState
 
 
 def make_state(value: float) -> ACTState:
-  model = lambda: ModelState(params={"w": jnp.full((3,), value)}, batch_stats={"m": jnp.zeros(2)},
-                             opt_state=({"trace": jnp.full((3,), -value)},))
-  return parallel.replicate(ACTState(step=jnp.asarray(int(value), jnp.int32), natural=model(),
-                                     robust=model()), parallel.make_mesh())
+  def model():
+    state = ModelState.create(apply_fn=None, params={"w": jnp.full((3,), value)},
+                              tx=optax.sgd(0.1, momentum=0.9), batch_stats={"m": jnp.zeros(2)})
+    return state.replace(step=jnp.asarray(int(value), jnp.int32),
+                         opt_state=jax.tree.map(lambda x: x - value, state.opt_state))
+
+  return parallel.replicate(ACTState(natural=model(), robust=model()), parallel.make_mesh())
 
 
 def test_round_trip_with_relative_workdir_and_keep_n(tmp_path, monkeypatch):
@@ -30,7 +34,8 @@ def test_round_trip_with_relative_workdir_and_keep_n(tmp_path, monkeypatch):
   state, restored_rng, position = restored
   assert position == checkpointing.TrainingPosition(step=3, batches_consumed=3)
   np.testing.assert_array_equal(state.robust.params["w"], np.full(3, 3.0))
-  np.testing.assert_array_equal(state.natural.opt_state[0]["trace"], np.full(3, -3.0))
+  np.testing.assert_array_equal(state.natural.opt_state[0].trace["w"], np.full(3, -3.0))
+  assert int(state.step) == 3
   np.testing.assert_array_equal(restored_rng, jax.random.PRNGKey(3))
 
 

@@ -1,4 +1,4 @@
-"""The robustness evaluation: its CLI end to end on a short run, and the suite's bookkeeping."""
+"""The evaluator: its command line end to end on a short run, and its bookkeeping."""
 
 import functools
 import json
@@ -11,20 +11,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from act_jax import attack_suite, evaluate, parallel, robustness
-from conftest import REAL_FASHION_MNIST_DIR, make_tiny_config
+from act_jax import parallel
+from act_jax.attacks import specs
+from act_jax.evaluate import cli, sanity
+from act_jax.evaluate.evaluator import Evaluator
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import HAS_REAL_FASHION_MNIST, REAL_FASHION_MNIST_DIR, REPO, make_tiny_config
+
 CLI_ATTACKS = "clean,fgsm,pgd5,pgd5-l2,pgd5-ll,cw5,apgd-ce,apgd-t,autoattack,transfer"
 
 
 @pytest.fixture(scope="module")
 def trained_workdir(fake_fashion_mnist_dir, tmp_path_factory):
-  """A short training run: 40 steps on the real Fashion-MNIST (the fake files where it is absent)."""
-  from act_jax import train  # pylint: disable=g-import-not-at-top
+  """A short training run: 40 steps on the real Fashion-MNIST (the fake files without it)."""
+  from act_jax import train
   root = tmp_path_factory.mktemp("evaluate")
-  real = os.path.exists(os.path.join(REAL_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
-  config = make_tiny_config(REAL_FASHION_MNIST_DIR if real else fake_fashion_mnist_dir,
+  config = make_tiny_config(REAL_FASHION_MNIST_DIR if HAS_REAL_FASHION_MNIST
+                            else fake_fashion_mnist_dir,
                             str(root / "tfds"))
   config.train.max_steps = 40
   config.train.batch_size = 32
@@ -86,9 +89,9 @@ def test_cli_rejects_a_bad_attack_name_naming_the_valid_ones(trained_workdir):
     ("models", ("robust",), "transfer needs --models=natural,robust"),
 ])
 def test_bad_requests_name_the_flag(field, value, message):
-  request = evaluate.EvaluationRequest(workdir="unused", **{field: value})
-  with pytest.raises(evaluate.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    evaluate._check(request)
+  request = cli.EvaluationRequest(workdir="unused", **{field: value})
+  with pytest.raises(cli.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    cli._check(request)
 
 
 NUM_CLASSES = 4
@@ -115,9 +118,9 @@ def suite(names, linear_problem, eps=0.1):
   images, labels, models = linear_problem
   mesh = parallel.make_mesh(jax.devices()[:1])
   batch = {"image": images, "label": labels, "mask": np.ones(len(labels), np.float32)}
-  settings = attack_suite.SuiteSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0)
-  result = robustness.evaluate_suite(linear_apply, parallel.replicate(models, mesh), [batch],
-                                     mesh, jax.random.PRNGKey(3), names=names, settings=settings)
+  settings = specs.AttackSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0)
+  evaluator = Evaluator(linear_apply, mesh, specs.parse_names(",".join(names)), settings)
+  result = evaluator(parallel.replicate(models, mesh), [batch], jax.random.PRNGKey(3))
   return result, settings
 
 
@@ -132,7 +135,7 @@ def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
     for attack_index, attack in enumerate(("fgsm", "pgd3")):
       keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(
           jax.random.fold_in(rng, 0), attack_index), 0), jnp.arange(len(labels)))
-      adversarial = attack_suite.build_attack(attack, settings)(logits_fn, images, labels, keys)
+      adversarial = specs.parse(attack).build(settings)(logits_fn, images, labels, keys)
       survived = np.asarray(jnp.argmax(logits_fn(adversarial), -1) == labels)
       assert result.accuracy[name][attack] == pytest.approx(survived.mean())
       correct &= survived
@@ -146,8 +149,8 @@ def test_transfer_crafts_on_the_other_model_only(linear_problem):
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(
       jax.random.fold_in(jax.random.PRNGKey(3), 0), 0), 0), jnp.arange(len(labels)))
   for target, source in (("first", "second"), ("second", "first")):
-    crafted = robustness.transfer_attack(functools.partial(linear_apply, models[source]), images,
-                                         labels, keys, settings)
+    crafted = specs.parse("pgd20").build(settings)(
+        functools.partial(linear_apply, models[source]), images, labels, keys)
     accuracy = float(jnp.mean(jnp.argmax(linear_apply(models[target], crafted), -1) == labels))
     assert result.accuracy[target]["transfer"] == pytest.approx(accuracy)
   white_box, _ = suite(("pgd20",), linear_problem)
@@ -160,8 +163,8 @@ def test_sanity_checks_flag_each_failure():
   good = {"m": {"clean": 0.9, "pgd20": 0.5}}
   sweep = {"attack": "pgd20", "eps": [0.0, 0.1, 0.2], "accuracy": {"m": [0.9, 0.5, 0.1]}}
   large = {"attack": "pgd20", "eps": 1.0, "max_accuracy": 0.05, "accuracy": {"m": 0.0}}
-  assert all(check.passed for check in robustness.sanity_checks(good, sweep, large))
-  failures = robustness.sanity_checks(
+  assert all(check.passed for check in sanity.sanity_checks(good, sweep, large))
+  failures = sanity.sanity_checks(
       {"m": {"clean": 0.5, "pgd20": 0.6}},
       {"attack": "pgd20", "eps": [0.0, 0.1, 0.2], "accuracy": {"m": [0.45, 0.3, 0.4]}},
       {**large, "accuracy": {"m": 0.4}})

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from act_jax import augmentations, fashion_mnist_idx, input_pipeline
-from conftest import write_fake_fashion_mnist
+from act_jax.data import augmentations, fashion_mnist_idx, input_pipeline
+
+from helpers import write_fake_fashion_mnist
 
 NUM_TRAIN, NUM_TEST = 50, 20
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,13 +43,14 @@ def pixels(image: np.ndarray) -> bytes:
 
 def real_examples(batches) -> list[bytes]:
   return [pixels(image) for batch in batches
-          for image, real in zip(batch["image"], batch.get("mask", np.ones(len(batch["image"]))))
+          for image, real in zip(batch["image"], batch.get("mask", np.ones(len(batch["image"]))),
+                                 strict=True)
           if real]
 
 
 def assert_batches_equal(actual, expected) -> None:
   assert len(actual) == len(expected)
-  for got, want in zip(actual, expected):
+  for got, want in zip(actual, expected, strict=True):
     assert got.keys() == want.keys()
     for key in want:
       np.testing.assert_array_equal(got[key], want[key])
@@ -57,16 +59,16 @@ def assert_batches_equal(actual, expected) -> None:
 def check_batch(batch, batch_size: int, shape, num_classes: int, masked: bool = False) -> None:
   assert set(batch) == ({"image", "label", "mask"} if masked else {"image", "label"})
   assert batch["image"].shape == (batch_size, *shape) and batch["image"].dtype == np.float32
-  assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+  assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
   assert batch["label"].shape == (batch_size,) and batch["label"].dtype == np.int32
-  assert ((0 <= batch["label"]) & (batch["label"] < num_classes)).all()
+  assert ((batch["label"] >= 0) & (batch["label"] < num_classes)).all()
   if masked:
     assert batch["mask"].shape == (batch_size,) and batch["mask"].dtype == np.float32
     assert set(np.unique(batch["mask"])) <= {0.0, 1.0}
 
 
 def test_import_does_not_import_tensorflow():
-  code = "import act_jax.input_pipeline, sys; assert 'tensorflow' not in sys.modules"
+  code = "import act_jax.data.input_pipeline, sys; assert 'tensorflow' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
@@ -79,7 +81,7 @@ def test_idx_reader_rejects_wrong_magic_naming_the_file(tmp_path):
   path = str(tmp_path / "train-images-idx3-ubyte.gz")
   with gzip.open(path, "wb") as f:
     f.write((2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(3))
-  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: .* 2049, expected 2051"):
+  with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: .* 2049, expected 2051"):
     fashion_mnist_idx.read_idx(path, fashion_mnist_idx.IMAGE_MAGIC)
 
 
@@ -91,8 +93,8 @@ def test_fashion_mnist_idx_builder_holds_the_idx_examples(fashion):
     stored = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     images, labels = fashion_mnist_idx.read_split(fashion["fashion_mnist_dir"], split)
     assert stored["image"].shape == (len(labels), 28, 28, 1)
-    assert sorted(zip(map(bytes, stored["image"]), stored["label"])) == sorted(
-        zip(map(bytes, images[..., None]), labels))
+    assert sorted(zip(map(bytes, stored["image"]), stored["label"], strict=True)) == sorted(
+        zip(map(bytes, images[..., None]), labels, strict=True))
 
 
 def test_fashion_mnist_batches(fashion):
@@ -140,7 +142,7 @@ def test_processes_split_each_global_batch(fashion, start_step):
         process_index=index, process_count=count, **fashion), 8)
   parts = [batches(index, 2) for index in (0, 1)]
   joined = [{key: np.concatenate([first[key], second[key]]) for key in first}
-            for first, second in zip(*parts)]
+            for first, second in zip(*parts, strict=True)]
   assert_batches_equal(joined, batches(0, 1))
   rest_of_epoch = 6 - start_step % 6  # 6 global batches an epoch; no example twice in one
   assert not (set(real_examples(parts[0][:rest_of_epoch]))
@@ -156,7 +158,7 @@ def test_processes_split_augmented_cifar_batches(tmp_path):
     parts = [batches(index, 2) for index in (0, 1)]
     whole = batches(0, 1)
   joined = [{key: np.concatenate([first[key], second[key]]) for key in first}
-            for first, second in zip(*parts)]
+            for first, second in zip(*parts, strict=True)]
   assert_batches_equal(joined, whole)
 
 
@@ -169,7 +171,8 @@ def test_processes_evaluate_every_example_exactly_once(fashion, num_examples):
   whole = list(input_pipeline.eval_batches("fashion_mnist", per_process_batch_size=8,
                                            num_examples=num_examples, **fashion))
   assert len(whole) == len(runs[0])
-  for first, second, joined in zip(*runs, whole):  # the same global batches as one process
+  # The same global batches as one process.
+  for first, second, joined in zip(*runs, whole, strict=True):
     for key in joined:
       np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), joined[key])
   expected = real_examples(whole)

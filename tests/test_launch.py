@@ -4,6 +4,7 @@ Scripts run with a minimal environment and a PATH holding only the few tools the
 where a test says so, fakes of gcloud/srun/scontrol), so no test can reach a real cluster.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -330,10 +331,8 @@ def run_job_until_signal(fakes, env, tool_dir, signum):
     job.send_signal(signum)
     job.wait(timeout=10)  # not communicate(): an orphaned fake srun would hold the pipes open
   finally:
-    try:
+    with contextlib.suppress(ProcessLookupError):
       os.killpg(job.pid, signal.SIGKILL)  # whatever is left of the script and its fake srun
-    except ProcessLookupError:
-      pass
     stdout, stderr = job.communicate()
   return job.returncode, stdout + stderr
 

@@ -7,10 +7,7 @@ import pytest
 from act_jax import losses
 from act_jax.attacks import objectives
 
-
-def np_log_softmax(z):
-  z = z - z.max(axis=-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+from helpers import np_log_softmax
 
 
 def np_cross_entropy_per_example(logits, labels):
@@ -18,7 +15,7 @@ def np_cross_entropy_per_example(logits, labels):
 
 
 def np_kl_per_example(student, teacher, temperature):
-  """sum_c softmax(t/T) * (log softmax(t/T) - log softmax(s/T)), as torch's KLDivLoss computes it."""
+  """sum_c softmax(t/T) * (log softmax(t/T) - log softmax(s/T)), as torch's KLDivLoss has it."""
   log_t = np_log_softmax(teacher / temperature)
   log_s = np_log_softmax(student / temperature)
   return (np.exp(log_t) * (log_t - log_s)).sum(axis=-1)

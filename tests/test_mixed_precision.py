@@ -1,6 +1,5 @@
 """`model.dtype = "bfloat16"`: bf16 compute, float32 params, optimiser state, logits and losses."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +7,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from act_jax import models, optimizers, parallel
+from act_jax import models, optimizers
 from act_jax.train_state import create_act_state
-from act_jax.train_step import ACTHyperparams, train_step
+from act_jax.train_step import ACTHyperparams
+
+from helpers import run_one_device_step, with_model
 
 HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.1,
                     step_size=0.02, num_steps=3, attack_loss_reduction="reference")
@@ -27,12 +28,8 @@ UPDATE_RTOL = 0.2
 
 def one_step(dtype, state, batch):
   model = models.build_model("small_cnn", num_classes=10, base_width=8, dtype=dtype)
-  tx = optimizers.sgd_with_coupled_weight_decay(OPTIM, 10)
-  step = parallel.distribute_train_step(functools.partial(
-      train_step, model=model, tx=tx, hp=HP,
-      learning_rate_fn=optimizers.learning_rate_schedule(OPTIM, 10)),
-      parallel.make_mesh(jax.devices()[:1]))
-  return step(jax.tree.map(jnp.copy, state), batch, jax.random.PRNGKey(1))
+  return run_one_device_step(with_model(state, model), batch, jax.random.PRNGKey(1), hp=HP,
+                             optim_config=OPTIM)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +63,7 @@ def test_bf16_step_is_close_to_the_float32_step(steps):
   for key in ("natural/loss", "robust/loss", "natural/ce", "robust/ce", "natural/kl", "robust/kl"):
     np.testing.assert_allclose(bf16_metrics[key], f32_metrics[key], rtol=LOSS_RTOL, err_msg=key)
   for name in ("natural", "robust"):
-    update = lambda new: jax.tree.map(lambda n, o: n - o, getattr(new, name).params,
-                                      getattr(state, name).params)
-    assert relative_difference(update(bf16_state), update(f32_state)) < UPDATE_RTOL, name
+    old_params = getattr(state, name).params
+    bf16_update, f32_update = (jax.tree.map(lambda n, o: n - o, getattr(new, name).params,
+                                            old_params) for new in (bf16_state, f32_state))
+    assert relative_difference(bf16_update, f32_update) < UPDATE_RTOL, name

@@ -1,4 +1,4 @@
-"""Every model builds and runs at tiny size; the full-size ones have the published parameter counts."""
+"""Every model builds and runs at tiny size; full-size ones have the published parameter counts."""
 
 import jax
 import jax.numpy as jnp

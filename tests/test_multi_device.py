@@ -1,23 +1,6 @@
 """Data parallelism: the step over 8 (simulated CPU) devices equals the step over one device."""
 
-import json
-import os
-import subprocess
-import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_on_eight_devices(script: str):
-  """Runs tests/scripts/<script> with 8 simulated CPU devices; the JSON of its last line.
-
-  A subprocess, since the device count is fixed when jax is imported.
-  """
-  environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-                     PYTHONPATH=REPO)
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts", script)],
-                          capture_output=True, text=True, env=environment, check=True)
-  return json.loads(result.stdout.strip().splitlines()[-1])
+from helpers import run_script_on_eight_devices
 
 
 def test_eight_device_step_equals_one_device_step():
@@ -27,7 +10,7 @@ def test_eight_device_step_equals_one_device_step():
   global-batch normalisation make the sharded step compute the single-device step. With
   per-device BatchNorm, the new running statistics are the mean of each shard's own.
   """
-  differences = run_on_eight_devices("step_equivalence.py")
+  differences = run_script_on_eight_devices("step_equivalence.py")
   assert differences["num_devices"] == 8
   assert differences["update_size"] > 1e-3  # the step really moved the parameters
   for key in ("params", "robust_params", "batch_stats", "metrics", "per_device_bn"):
@@ -38,7 +21,7 @@ def test_eight_device_step_equals_one_device_step():
 
 def test_eight_device_robustness_evaluation_equals_one_device():
   """Every attack of the evaluation suite counts the same examples when sharded 8 ways."""
-  runs = run_on_eight_devices("robustness_equivalence.py")
+  runs = run_script_on_eight_devices("robustness_equivalence.py")
   assert runs["8"]["num_examples"] == runs["1"]["num_examples"] == 29
   assert runs["8"]["accuracy"] == runs["1"]["accuracy"]
   robust = runs["1"]["accuracy"]["robust"]

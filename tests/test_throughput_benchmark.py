@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py end to end on a tiny workload, and the pieces its figures rest on.
+"""`python -m benchmarks.throughput` end to end on a tiny workload, and what its figures rest on.
 
 Timings themselves are not asserted (speed targets live in the benchmark, not in tests); what is
 checked is that the benchmark measures what it says: the FLOP count it divides by, the ratio it
@@ -16,11 +16,16 @@ TINY = ["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2", "--warmup-st
 
 
 def test_time_calls_times_each_timed_call_after_the_warmup():
-  calls = []
-  result = timing.time_calls(lambda: calls.append(1), warmup_calls=3, timed_calls=4)
-  assert len(calls) == 7
-  assert len(result.step_seconds) == 4
-  assert result.median_seconds >= 0
+  """A fake clock that each call advances by its own duration: the first call is reported
+  apart, the untimed warm-up calls are left out, and the median is over the timed ones."""
+  durations = iter([5.0, 7.0, 7.0, 1.0, 3.0, 2.0, 100.0])
+  now = [0.0]
+  result = timing.time_calls(lambda: now.__setitem__(0, now[0] + next(durations)),
+                             warmup_calls=3, timed_calls=4, clock=lambda: now[0])
+  assert result.first_seconds == 5.0
+  assert result.step_seconds == (1.0, 3.0, 2.0, 100.0)
+  assert result.median_seconds == 2.5
+  assert result.spread == pytest.approx(99.0 / 2.5)
 
 
 def test_time_calls_rejects_zero_counts():
@@ -79,7 +84,7 @@ def test_torch_and_jax_in_one_run_report_the_speedup(tmp_path):
 
 def test_step_variants_each_run_in_their_own_process(tmp_path):
   """The attempts table: every variant must build and time the same step, none may fail."""
-  from benchmarks import jax_step_variants  # pylint: disable=g-import-not-at-top
+  from benchmarks import jax_step_variants
   jax_step_variants.main(["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2",
                           "--warmup-steps", "1", "--timed-steps", "1",
                           "--variants", "shipped,rolled_attack_loop,no_donation",

@@ -15,15 +15,16 @@ import pytest
 
 from act_jax import attacks, models, optimizers, parallel
 from act_jax.attacks import parts
-from act_jax.train_state import ACTState, ModelState
-from act_jax.train_step import ACTHyperparams, eval_mode_logits, example_rngs
-from one_device_step import run_one_device_step
+from act_jax.train_state import ACTState, ModelState, eval_mode_logits
+from act_jax.train_step import ACTHyperparams
+
+from helpers import run_one_device_step
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed: the parity checks against the PyTorch baseline "
     "in benchmarks/torch_act.py need it (pip install torch, or the 'torch' extra)")
 
-from benchmarks import torch_act  # pylint: disable=g-import-not-at-top
+from benchmarks import torch_act  # noqa: E402  (needs torch, checked above)
 
 HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.1, step_size=0.02,
                     num_steps=3, attack_loss_reduction="reference")
@@ -80,12 +81,12 @@ def nhwc(tensor: "torch.Tensor") -> np.ndarray:
   return tensor.detach().cpu().numpy().transpose(0, 2, 3, 1)
 
 
-def jax_step(model, tx, state, batch, rng):
+def jax_step(state, batch, rng):
   """One act_jax step on one device, through the same path as training."""
-  return run_one_device_step(model, tx, state, batch, rng, hp=HP, optim_config=optim_config())
+  return run_one_device_step(state, batch, rng, hp=HP, optim_config=optim_config())
 
 
-def jax_noise_and_adversarial(model, state, batch, rng):
+def jax_noise_and_adversarial(state, batch, rng):
   """The N(0, I) draws behind the step's x + 0.001 * noise start, and the step's x'.
 
   Recomputed with the step's own per-example keys (`example_rngs` under the same one-device
@@ -94,13 +95,12 @@ def jax_noise_and_adversarial(model, state, batch, rng):
 
   def per_device(state, batch):
     images, labels = batch["image"], batch["label"]
-    keys = example_rngs(rng, state.step, images.shape[0])
+    keys = parallel.example_rngs(rng, state.step, images.shape[0])
     noise = parts.gaussian_init(keys, jnp.zeros_like(images), 1.0)
-    natural_logits, _ = model.apply(
-        {"params": state.natural.params, "batch_stats": state.natural.batch_stats}, images,
-        train=True, mutable=["batch_stats"])
+    natural_logits, _ = state.natural.apply_fn(state.natural.variables, images, train=True,
+                                               mutable=["batch_stats"])
     adversarial = attacks.act_training_attack(
-        eval_mode_logits(model, state.robust.params, state.robust.batch_stats), images, labels,
+        eval_mode_logits(state.robust), images, labels,
         natural_logits, keys, eps=HP.eps, step_size=HP.step_size, num_steps=HP.num_steps,
         alpha=HP.robust_alpha, reduction=HP.attack_loss_reduction, global_batch_size=BATCH)
     return noise, adversarial
@@ -127,14 +127,13 @@ def record_bn_sample_counts(model: "torch.nn.Module") -> dict[str, int]:
 
 def torch_step(state, batch, noise):
   """One step of the PyTorch baseline from the same state, batch and noise."""
-  hp = torch_act.ACTHyperparams(**{k: getattr(HP, k) for k in torch_act.ACTHyperparams._fields})
   torch_models = []
   for model_state in (state.natural, state.robust):
     model = torch_act.SmallCNN(NUM_CLASSES, width=WIDTH)
     torch_models.append(torch_act.load_flax_variables(model, to_numpy(model_state.params),
                                                       to_numpy(model_state.batch_stats)))
   counts = [record_bn_sample_counts(model) for model in torch_models]
-  trainer = torch_act.TorchACT(*torch_models, hp, learning_rate=LEARNING_RATE,
+  trainer = torch_act.TorchACT(*torch_models, HP, learning_rate=LEARNING_RATE,
                                weight_decay=WEIGHT_DECAY)
   labels = torch.from_numpy(np.array(batch["label"])).long()
   output = trainer.step(nchw(batch["image"]), labels, noise=nchw(noise))
@@ -144,23 +143,23 @@ def torch_step(state, batch, noise):
 def model_state(model, tx, seed: int) -> ModelState:
   """What `create_act_state` holds for one model, with random variables (see above)."""
   variables = random_variables(model, IMAGE_SHAPE, seed)
-  return ModelState(params=variables["params"], batch_stats=variables["batch_stats"],
-                    opt_state=tx.init(variables["params"]))
+  state = ModelState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables["batch_stats"])
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 @pytest.fixture(scope="module")
 def parity():
   model = models.build_model("small_cnn", num_classes=NUM_CLASSES, base_width=WIDTH)
   tx = optimizers.sgd_with_coupled_weight_decay(optim_config(), steps_per_epoch=10)
-  state = ACTState(step=jnp.zeros((), jnp.int32), natural=model_state(model, tx, seed=1),
-                   robust=model_state(model, tx, seed=2))
+  state = ACTState(natural=model_state(model, tx, seed=1), robust=model_state(model, tx, seed=2))
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(size=(BATCH, *IMAGE_SHAPE)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, NUM_CLASSES, BATCH), jnp.int32)}
   step_rng = jax.random.PRNGKey(7)
-  noise, jax_adversarial = jax_noise_and_adversarial(model, state, batch, step_rng)
+  noise, jax_adversarial = jax_noise_and_adversarial(state, batch, step_rng)
   old_state = to_numpy(state)
-  new_state, metrics = jax_step(model, tx, state, batch, step_rng)
+  new_state, metrics = jax_step(state, batch, step_rng)
   trainer, output, counts = torch_step(old_state, batch, noise)
   return dict(old=old_state, new=to_numpy(new_state), metrics=to_numpy(metrics),
               jax_adversarial=np.asarray(jax_adversarial), trainer=trainer, output=output,

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from act_jax import attacks, losses, models, optimizers
-from act_jax.train_state import create_act_state
-from act_jax.train_step import ACTHyperparams, eval_mode_logits
-from one_device_step import run_one_device_step
+from act_jax.train_state import create_act_state, eval_mode_logits
+from act_jax.train_step import ACTHyperparams
+
+from helpers import assert_trees_close, run_one_device_step
 
 HP = ACTHyperparams(natural_alpha=0.8, robust_alpha=0.7, temperature=4.0, eps=0.1, step_size=0.02,
                     num_steps=3, attack_loss_reduction="reference")
@@ -36,8 +37,8 @@ def setup():
   return model, tx, state, batch
 
 
-def run_step(model, tx, state, batch, rng):
-  return run_one_device_step(model, tx, state, batch, rng, hp=HP, optim_config=optim_config())
+def run_step(state, batch, rng):
+  return run_one_device_step(state, batch, rng, hp=HP, optim_config=optim_config())
 
 
 def train_forward(model, params, batch_stats, images):
@@ -45,14 +46,18 @@ def train_forward(model, params, batch_stats, images):
                      mutable=["batch_stats"])
 
 
-def reference_adversarial(model, state, batch, rng):
+def attack_keys(rng):
+  """The step's per-example keys at step 0: one per global example index."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, 0), jnp.arange(BATCH))
+
+
+def reference_adversarial(model, state, batch, rng, robust_logits_fn=None):
+  """x' as the step should craft it; by default with the robust model in eval mode."""
   natural_logits, _ = train_forward(model, state.natural.params, state.natural.batch_stats,
                                     batch["image"])
-  # step 0, one key per global example index
-  step_rng = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, 0), jnp.arange(BATCH))
   return attacks.act_training_attack(
-      eval_mode_logits(model, state.robust.params, state.robust.batch_stats), batch["image"],
-      batch["label"], natural_logits, step_rng, eps=HP.eps, step_size=HP.step_size,
+      robust_logits_fn or eval_mode_logits(state.robust), batch["image"], batch["label"],
+      natural_logits, attack_keys(rng), eps=HP.eps, step_size=HP.step_size,
       num_steps=HP.num_steps, alpha=HP.robust_alpha, reduction=HP.attack_loss_reduction,
       global_batch_size=BATCH)
 
@@ -78,10 +83,6 @@ def reference_losses(model, state, batch, adversarial):
   return natural_loss, robust_loss
 
 
-def assert_trees_close(actual, expected, **tolerances):
-  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **tolerances), actual, expected)
-
-
 def test_no_gradient_crosses_between_models(setup):
   model, _, state, batch = setup
   adversarial = reference_adversarial(model, state, batch, jax.random.PRNGKey(7))
@@ -97,7 +98,7 @@ def test_no_gradient_crosses_between_models(setup):
 def test_step_updates_equal_independent_gradients(setup):
   model, tx, state, batch = setup
   rng = jax.random.PRNGKey(7)
-  new_state, metrics = run_step(model, tx, state, batch, rng)
+  new_state, metrics = run_step(state, batch, rng)
   adversarial = reference_adversarial(model, state, batch, rng)
   natural_loss, robust_loss = reference_losses(model, state, batch, adversarial)
   args = (state.natural.params, state.robust.params)
@@ -114,9 +115,9 @@ def test_step_updates_equal_independent_gradients(setup):
 
 def test_attack_runs_robust_model_in_eval_mode(setup):
   """F's running statistics after the step come from exactly one train-mode pass on x'."""
-  model, tx, state, batch = setup
+  model, _, state, batch = setup
   rng = jax.random.PRNGKey(7)
-  new_state, _ = run_step(model, tx, state, batch, rng)
+  new_state, _ = run_step(state, batch, rng)
   adversarial = reference_adversarial(model, state, batch, rng)
   _, robust_updates = train_forward(model, state.robust.params, state.robust.batch_stats,
                                     adversarial)
@@ -129,25 +130,24 @@ def test_attack_runs_robust_model_in_eval_mode(setup):
 
 
 def test_eval_mode_attack_differs_from_train_mode_attack(setup):
-  """Guards the test above: with train-mode BN in the attack, x' would be a different point."""
+  """Guards the test above: with train-mode BN in the attack, x' would be a different point.
+
+  Both attacks get the same keys, so only the BatchNorm mode differs between them.
+  """
   model, _, state, batch = setup
-  natural_logits, _ = train_forward(model, state.natural.params, state.natural.batch_stats,
-                                    batch["image"])
-  common = dict(eps=HP.eps, step_size=HP.step_size, num_steps=HP.num_steps, alpha=HP.robust_alpha,
-                reduction="reference", global_batch_size=BATCH)
-  eval_mode = reference_adversarial(model, state, batch, jax.random.PRNGKey(7))
-  train_mode = attacks.act_training_attack(
-      lambda x: train_forward(model, state.robust.params, state.robust.batch_stats, x)[0],
-      batch["image"], batch["label"], natural_logits,
-      jax.random.split(jax.random.PRNGKey(7), BATCH), **common)
+  rng = jax.random.PRNGKey(7)
+  eval_mode = reference_adversarial(model, state, batch, rng)
+  train_mode = reference_adversarial(
+      model, state, batch, rng,
+      lambda x: train_forward(model, state.robust.params, state.robust.batch_stats, x)[0])
   assert float(jnp.abs(eval_mode - train_mode).max()) > 0
 
 
 def test_step_is_deterministic_given_rng_and_varies_with_it(setup):
-  model, tx, state, batch = setup
-  first, _ = run_step(model, tx, state, batch, jax.random.PRNGKey(1))
-  again, _ = run_step(model, tx, state, batch, jax.random.PRNGKey(1))
-  other, _ = run_step(model, tx, state, batch, jax.random.PRNGKey(2))
+  _, _, state, batch = setup
+  first, _ = run_step(state, batch, jax.random.PRNGKey(1))
+  again, _ = run_step(state, batch, jax.random.PRNGKey(1))
+  other, _ = run_step(state, batch, jax.random.PRNGKey(2))
   assert_trees_close(first.robust.params, again.robust.params, rtol=0, atol=0)
   differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                                              first.robust.params, other.robust.params))

@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 import act_jax
 from act_jax import train
-from conftest import REAL_FASHION_MNIST_DIR
+
+from helpers import HAS_REAL_FASHION_MNIST, NEEDS_REAL_FASHION_MNIST, REPO
 
 
 def final_logits(workdir, images):
@@ -39,16 +39,19 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_pat
 def test_results_json_and_load_model(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
   results = train.train_and_evaluate(tiny_config, workdir)
-  on_disk = json.loads(open(os.path.join(workdir, "results.json")).read())
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
   assert on_disk["final"] == results["final"]
   final = results["final"]
   assert final["num_examples"] == 32 and final["step"] == 8
   for name in ("natural", "robust"):
-    assert 0.0 <= final[name]["pgd"] <= final[name]["clean"] <= 1.0
+    accuracy = final["accuracy"][name]
+    assert set(accuracy) == {"clean", "pgd2"}  # the config's eval PGD has 2 steps
+    assert 0.0 <= accuracy["pgd2"] <= accuracy["clean"] <= 1.0
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
   # load_model's clean accuracy on the test split reproduces the run's own evaluation.
-  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from act_jax.data import input_pipeline
   batches = list(input_pipeline.eval_batches(
       "fashion_mnist", per_process_batch_size=32, data_dir=tiny_config.dataset.data_dir,
       fashion_mnist_dir=tiny_config.dataset.fashion_mnist_dir))
@@ -57,7 +60,7 @@ def test_results_json_and_load_model(tiny_config, tmp_path):
     model_fn = act_jax.load_model(workdir, which)
     correct = sum(float(np.sum((np.argmax(model_fn(b["image"]), -1) == b["label"]) * b["mask"]))
                   for b in batches)
-    assert correct / 32 == pytest.approx(final[which]["clean"])
+    assert correct / 32 == pytest.approx(final["accuracy"][which]["clean"])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints  # read-only
   with pytest.raises(ValueError, match="robust, natural"):
     act_jax.load_model(workdir, "teacher")
@@ -67,17 +70,16 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "act_jax.main", "--config=configs/fashion_mnist.py",
        f"--workdir={tmp_path}", "--config.act.temperature=-1"],
-      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+      capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "error: config.act.temperature = -1.0: must be > 0")
 
 
-@pytest.mark.skipif(not os.path.exists(REAL_FASHION_MNIST_DIR),
-                    reason="needs `apt-get install dataset-fashion-mnist` (.ci/run installs it)")
+@pytest.mark.skipif(not HAS_REAL_FASHION_MNIST, reason=NEEDS_REAL_FASHION_MNIST)
 def test_short_real_fashion_mnist_run_learns(tmp_path):
   """A few hundred ACT steps on the real data put both models well above chance (10%)."""
-  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  from configs import fashion_mnist
   config = fashion_mnist.get_config()
   config.dataset.data_dir = str(tmp_path / "tfds")
   config.model.base_width = 8
@@ -86,6 +88,7 @@ def test_short_real_fashion_mnist_run_learns(tmp_path):
   config.train.log_every_steps = 100
   config.eval.num_examples = 1000
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
-  final = results["final"]
-  assert final["natural"]["clean"] > 0.5 and final["robust"]["clean"] > 0.4
-  assert final["robust"]["pgd"] > final["natural"]["pgd"]  # ... and the robust one is robust
+  accuracy = results["final"]["accuracy"]
+  assert accuracy["natural"]["clean"] > 0.5 and accuracy["robust"]["clean"] > 0.4
+  # ... and the robust one is robust.
+  assert accuracy["robust"]["pgd20"] > accuracy["natural"]["pgd20"]

@@ -7,13 +7,16 @@ APGD-T runs the same loop on the targeted DLR loss once per likely wrong class.
 """
 
 import functools
-from typing import Callable, NamedTuple
+import itertools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from act_jax.attacks import objectives, parts, targets as targets_lib
+from act_jax.attacks import objectives, parts
+from act_jax.attacks import targets as targets_lib
 
 APGD_LOSSES = ("ce", "dlr", "cw_margin")
 # Croce & Hein's defaults; APGD-T always uses them.
@@ -57,7 +60,7 @@ def _checkpoint_schedule(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
   checkpoints = apgd_checkpoints(num_steps)
   is_checkpoint = np.zeros(num_steps, bool)
   gap = np.zeros(num_steps, np.float32)
-  for previous, current in zip(checkpoints[:-1], checkpoints[1:]):
+  for previous, current in itertools.pairwise(checkpoints):
     is_checkpoint[current - 1] = True
     gap[current - 1] = current - previous
   return is_checkpoint, gap
@@ -102,7 +105,7 @@ class _State(NamedTuple):
 
 def _apgd_run(evaluate: Evaluate, start: jax.Array, project: parts.Projection,
               step: parts.StepRule, *, eps: float, num_steps: int, rho: float,
-              momentum: float) -> ApgdTrace:
+              momentum: float, unroll: bool = False) -> ApgdTrace:
   """One APGD run from `start` (already in the threat model), every example on its own schedule.
 
   x_1 = P(x_0 + eta * step(grad f(x_0))); then for k >= 1
@@ -161,59 +164,61 @@ def _apgd_run(evaluate: Evaluate, start: jax.Array, project: parts.Projection,
 
   is_checkpoint, gap = _checkpoint_schedule(num_steps)
   schedule = (jnp.arange(num_steps), jnp.asarray(is_checkpoint), jnp.asarray(gap))
-  state, step_sizes = jax.lax.scan(body, state, schedule, unroll=parts.loop_unroll(num_steps))
+  state, step_sizes = jax.lax.scan(body, state, schedule,
+                                   unroll=parts.unroll_factor(num_steps, unroll))
   stop = jax.lax.stop_gradient
   return ApgdTrace(jax.tree.map(stop, state.worst_case), stop(state.best_point),
                    stop(state.best_loss), step_sizes)
 
 
 def _apgd_worst_case(evaluate: Evaluate, images: jax.Array, keys: jax.Array, *, eps: float,
-                     num_steps: int, norm: str, rho: float, momentum: float) -> parts.Candidate:
+                     num_steps: int, norm: str, rho: float, momentum: float,
+                     unroll: bool) -> parts.Candidate:
   """One APGD run from the norm's random start drawn from `keys`."""
   start = parts.random_init(norm, keys, images, eps)
   return _apgd_run(evaluate, start, parts.projection(norm, images, eps), parts.step_rule(norm),
-                   eps=eps, num_steps=num_steps, rho=rho, momentum=momentum).worst_case
+                   eps=eps, num_steps=num_steps, rho=rho, momentum=momentum,
+                   unroll=unroll).worst_case
 
 
 def apgd(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
          example_rngs: jax.Array, *, eps: float, num_steps: int = 100, norm: str = "linf",
          loss: str = "ce", restarts: int = 1, rho: float = DEFAULT_RHO,
-         momentum: float = DEFAULT_MOMENTUM) -> jax.Array:
+         momentum: float = DEFAULT_MOMENTUM, unroll: bool = False) -> jax.Array:
   """APGD-CE / APGD-DLR: untargeted APGD on `loss`, worst case over `restarts` random starts.
 
   norm "linf" starts uniformly in the box and takes sign steps; "l2" starts at a random direction
   and radius and takes normalised-gradient steps. `example_rngs` holds one key per example;
-  `logits_fn` should run the model in eval mode. The result carries no gradient.
+  `logits_fn` should run the model in eval mode; `unroll` unrolls the iterations
+  (`parts.unroll_factor`). The result carries no gradient.
   """
   parts.check_norm(norm)
   loss_fn = objectives.check_loss(loss, APGD_LOSSES)
   evaluate = objectives.loss_and_gradient(logits_fn, loss_fn, labels)
   run = lambda _, keys: _apgd_worst_case(evaluate, images, keys, eps=eps, num_steps=num_steps,
-                                         norm=norm, rho=rho, momentum=momentum)
+                                         norm=norm, rho=rho, momentum=momentum, unroll=unroll)
   return parts.worst_case_over_runs(run, example_rngs, restarts).adversarial
 
 
 def apgd_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
                   example_rngs: jax.Array, *, eps: float, num_steps: int = 100,
                   norm: str = "linf", num_target_classes: int = 9, restarts: int = 1,
-                  batch_targets: bool | None = None) -> jax.Array:
+                  unroll: bool = False) -> jax.Array:
   """APGD-T: APGD on the targeted DLR loss, once per target and restart; the worst case of all.
 
   The targets of an example are its k-th most likely wrong classes by the clean logits,
   k = 1..min(num_target_classes, C - 1). Success means misclassified, as for every attack here.
   Needs C >= 4 classes (the targeted DLR denominator uses the 4th largest logit).
 
-  The runs for the different targets are independent. `batch_targets` runs them as one APGD on
-  the batch repeated once per target (default on CPU, where it avoids a While loop around the
-  attack); otherwise they run one after another in a rolled loop (default on accelerators, where
-  it keeps memory at one batch). Both give the same result: target k of restart r starts from
-  the keys of restart r folded with k (k > 0).
+  The runs for the different targets are independent. With `unroll` (asked for on CPU) they run
+  as one unrolled APGD on the batch repeated once per target, which avoids a While loop around
+  the attack; otherwise they run one after another in a rolled loop (on accelerators, where it
+  keeps memory at one batch). Both give the same result: target k of restart r starts from the
+  keys of restart r folded with k (k > 0).
   """
   parts.check_norm(norm)
   if num_target_classes < 1:
     raise ValueError(f"APGD-T num_target_classes {num_target_classes}; must be at least 1")
-  if batch_targets is None:
-    batch_targets = parts.prefers_straight_line_code()
   clean_logits = jax.lax.stop_gradient(logits_fn(images))
   ranked = targets_lib.ranked_targets(clean_logits, labels)
   num_targets = min(num_target_classes, ranked.shape[-1])
@@ -226,7 +231,7 @@ def apgd_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax
     evaluate = objectives.loss_and_gradient(logits_fn, objectives.targeted_dlr, labels, target)
     return _apgd_worst_case(evaluate, images, target_keys(keys, index), eps=eps,
                             num_steps=num_steps, norm=norm, rho=DEFAULT_RHO,
-                            momentum=DEFAULT_MOMENTUM)
+                            momentum=DEFAULT_MOMENTUM, unroll=False)
 
   def all_targets_in_turn(_, keys: jax.Array) -> parts.Candidate:
     return parts.worst_case_over_runs(lambda index, _: one_target(index, keys), keys, num_targets)
@@ -240,10 +245,11 @@ def apgd_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax
     evaluate = objectives.loss_and_gradient(logits_fn, objectives.targeted_dlr, tiled_labels,
                                             tiled_targets)
     tiled = _apgd_worst_case(evaluate, tiled_images, tiled_keys, eps=eps, num_steps=num_steps,
-                             norm=norm, rho=DEFAULT_RHO, momentum=DEFAULT_MOMENTUM)
+                             norm=norm, rho=DEFAULT_RHO, momentum=DEFAULT_MOMENTUM,
+                             unroll=True)
     per_target = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], tiled)
                   for k in range(num_targets)]
     return functools.reduce(parts.keep_worst_case, per_target)
 
-  run = all_targets_batched if batch_targets else all_targets_in_turn
+  run = all_targets_batched if unroll else all_targets_in_turn
   return parts.worst_case_over_runs(run, example_rngs, restarts).adversarial

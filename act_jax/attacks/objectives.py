@@ -9,7 +9,7 @@ Per-example losses are functions `(logits [B, C], labels [B], targets [B] or Non
 larger meaning worse for the model; untargeted ones ignore `targets`.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -152,13 +152,15 @@ def loss_and_gradient(logits_fn: LogitsFn, loss_fn: LossFn, labels: jax.Array,
   return evaluate
 
 
-def cross_entropy_objective(logits_fn: LogitsFn, labels: jax.Array) -> Callable[[jax.Array], jax.Array]:
+def cross_entropy_objective(logits_fn: LogitsFn,
+                            labels: jax.Array) -> Callable[[jax.Array], jax.Array]:
   """Summed CE: the untargeted PGD objective (sign steps make sum and mean equivalent)."""
   return summed_objective(logits_fn, ce, labels)
 
 
-def act_objective(logits_fn: LogitsFn, labels: jax.Array, natural_logits: jax.Array, *, alpha: float,
-                  reduction: str, global_batch_size: int) -> Callable[[jax.Array], jax.Array]:
+def act_objective(logits_fn: LogitsFn, labels: jax.Array, natural_logits: jax.Array, *,
+                  alpha: float, reduction: str,
+                  global_batch_size: int) -> Callable[[jax.Array], jax.Array]:
   """The ACT inner-maximisation loss (ACT spec, step 2).
 
   "reference": (1 - alpha) * CE_mean + alpha * KL_sum, exactly as the release: CE is averaged over
@@ -170,7 +172,8 @@ def act_objective(logits_fn: LogitsFn, labels: jax.Array, natural_logits: jax.Ar
   replica that sees B / n examples computes exactly the single-device attack.
   """
   if reduction not in ATTACK_LOSS_REDUCTIONS:
-    raise ValueError(f"attack loss reduction {reduction!r}; allowed: {', '.join(ATTACK_LOSS_REDUCTIONS)}")
+    raise ValueError(f"attack loss reduction {reduction!r}; allowed: "
+                     f"{', '.join(ATTACK_LOSS_REDUCTIONS)}")
   kl_weight = alpha if reduction == "reference" else alpha / global_batch_size
 
   def objective(images: jax.Array) -> jax.Array:

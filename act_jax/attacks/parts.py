@@ -8,7 +8,8 @@ per-example norms and per-example step sizes, so an example's result never depen
 its batch or on how the batch is split across devices.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,7 @@ def l2_random_init(example_rngs: jax.Array, images: jax.Array, eps: float) -> ja
 
   def sample(key, shape, dtype):
     direction_key, radius_key = jax.random.split(key)
-    direction = jax.random.normal(direction_key, (1,) + shape, dtype)
+    direction = jax.random.normal(direction_key, (1, *shape), dtype)
     radius = eps * jax.random.uniform(radius_key, (), dtype)
     return radius * _safe_normalise(direction)[0]
 
@@ -154,36 +155,33 @@ def step_rule(norm: str) -> StepRule:
 
 # The loop.
 
-MAX_CPU_UNROLL = 100
+MAX_UNROLL = 100
 
 
-def loop_unroll(num_steps: int) -> int:
-  """How far to unroll an attack loop: fully on CPU (up to 100 steps), not at all elsewhere.
+def unroll_factor(num_steps: int, unroll: bool) -> int:
+  """How far to unroll a loop of `num_steps`: fully when `unroll` (up to 100 steps), else not.
 
-  XLA:CPU runs convolutions inside a While body several times slower than the same convolutions
-  in straight-line code (jax-ml/jax#12868). Measured on the Quickstart's small CNN, 200 images:
+  Callers ask for unrolling on XLA:CPU (`parallel.unrolls_attack_loops`), which runs
+  convolutions inside a While body several times slower than the same convolutions in
+  straight-line code (jax-ml/jax#12868). Measured on the Quickstart's small CNN, 200 images:
   PGD-100 took 36.8 s as a rolled loop and 6.2 s unrolled (compiling in 15 s instead of 0.7 s);
-  unrolling by a factor of 10 does not help, since the body is still a While body. So on CPU
-  loops of up to `MAX_CPU_UNROLL` steps are unrolled. On GPU and TPU the rolled loop is as fast
-  and compiles in constant time.
+  unrolling by a factor of 10 does not help, since the body is still a While body. Beyond
+  `MAX_UNROLL` steps the graph grows too large, so longer loops stay rolled. On GPU and TPU the
+  rolled loop is as fast and compiles in constant time.
   """
-  if jax.default_backend() == "cpu" and num_steps <= MAX_CPU_UNROLL:
+  if unroll and num_steps <= MAX_UNROLL:
     return max(num_steps, 1)
   return 1
 
 
-def prefers_straight_line_code() -> bool:
-  """Whether to trade graph size for avoiding While loops (XLA:CPU, see `loop_unroll`)."""
-  return jax.default_backend() == "cpu"
-
-
 def projected_ascent(objective: Objective, start: jax.Array, project: Projection,
                      step: Callable[[jax.Array, jax.Array], jax.Array], *,
-                     num_steps: int) -> jax.Array:
+                     num_steps: int, unroll: bool = False) -> jax.Array:
   """Runs `num_steps` of x' <- project(step(x', grad objective(x'))) in-graph.
 
   The loop is a `lax.fori_loop` with `jax.grad` inside, so the whole attack compiles into the
-  surrounding step. The result carries no gradient: attacks treat x' as a constant input.
+  surrounding step; `unroll` unrolls it (see `unroll_factor`). The result carries no gradient:
+  attacks treat x' as a constant input.
   """
   gradient_fn = jax.grad(objective)
 
@@ -191,14 +189,16 @@ def projected_ascent(objective: Objective, start: jax.Array, project: Projection
     return project(step(adversarial, gradient_fn(adversarial)))
 
   return jax.lax.stop_gradient(
-      jax.lax.fori_loop(0, num_steps, body, start, unroll=loop_unroll(num_steps)))
+      jax.lax.fori_loop(0, num_steps, body, start,
+                        unroll=unroll_factor(num_steps, unroll)))
 
 
 def projected_sign_ascent(objective: Objective, start: jax.Array, project: Projection, *,
-                          step_size: float, num_steps: int) -> jax.Array:
+                          step_size: float, num_steps: int, unroll: bool = False) -> jax.Array:
   """Runs `num_steps` of x' <- project(x' + step_size * sign(grad objective(x'))) in-graph."""
   step = lambda adversarial, gradient: sign_gradient_step(adversarial, gradient, step_size)
-  return projected_ascent(objective, start, project, step, num_steps=num_steps)
+  return projected_ascent(objective, start, project, step, num_steps=num_steps,
+                          unroll=unroll)
 
 
 # Worst case over restarts and iterates.

@@ -3,7 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from act_jax.attacks import objectives, parts, targets as targets_lib
+from act_jax.attacks import objectives, parts
+from act_jax.attacks import targets as targets_lib
 from act_jax.attacks.act_attack import ACT_INIT_STD
 
 INITS = ("none", "uniform", "gaussian")
@@ -34,7 +35,7 @@ def _targets(target: str, logits_fn: objectives.LogitsFn, images: jax.Array, lab
 def pgd(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
         example_rngs: jax.Array, *, eps: float, step_size: float, num_steps: int,
         norm: str = "linf", loss: str = "ce", target: str | None = None, init: str = "uniform",
-        restarts: int = 1) -> jax.Array:
+        restarts: int = 1, unroll: bool = False) -> jax.Array:
   """PGD-K: `num_steps` steepest-ascent steps on `loss`, each projected onto the threat model.
 
   norm: "linf" (sign steps, box projection) or "l2" (normalised-gradient steps, ball projection).
@@ -47,6 +48,7 @@ def pgd(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
   restarts: independent runs, each from its own start; per example the worst case is returned
     (a misclassified final point if any run ends misclassified, else the one of highest loss).
     Each run returns its last iterate, as Madry et al.'s PGD.
+  unroll: unroll the step loop (see `parts.unroll_factor`).
 
   `example_rngs` holds one key per example; `logits_fn` should run the model in eval mode.
   The result carries no gradient.
@@ -72,20 +74,10 @@ def pgd(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
 
   def run(_, keys: jax.Array) -> parts.Candidate:
     start = _start(init, norm, keys, images, eps, project)
-    adversarial = parts.projected_ascent(objective, start, project, step, num_steps=num_steps)
+    adversarial = parts.projected_ascent(objective, start, project, step, num_steps=num_steps,
+                                         unroll=unroll)
     logits = logits_fn(adversarial).astype(jnp.float32)
     return parts.Candidate(adversarial, loss_fn(logits, labels, attack_targets),
                            objectives.misclassified(logits, labels))
 
   return parts.worst_case_over_runs(run, example_rngs, restarts).adversarial
-
-
-def pgd_linf(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array, example_rngs: jax.Array, *,
-             eps: float, step_size: float, num_steps: int) -> jax.Array:
-  """Untargeted PGD-K on CE from a uniform random start in the eps-ball (Madry et al.).
-
-  `example_rngs` holds one key per example. `logits_fn` should run the model in eval mode. The start is clipped to [0, 1] so that the
-  model is never queried outside the image domain.
-  """
-  return pgd(logits_fn, images, labels, example_rngs, eps=eps, step_size=step_size,
-             num_steps=num_steps)

@@ -9,6 +9,7 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from act_jax.models.blocks import BasicBlock, Bottleneck
 from act_jax.models.resnet_cifar import CifarResNet
@@ -40,3 +41,11 @@ def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32,
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
   width = {} if base_width is None else {"width": base_width}
   return _MODELS[name](num_classes=num_classes, dtype=dtype, bn_axis_name=bn_axis_name, **width)
+
+
+def from_config(config: ml_collections.ConfigDict, num_classes: int, *,
+                bn_axis_name: str | None = None) -> nn.Module:
+  """The model a run's config describes (`config.model`), for a dataset of `num_classes`."""
+  return build_model(config.model.name, num_classes=num_classes,
+                     dtype=jnp.dtype(config.model.dtype), bn_axis_name=bn_axis_name,
+                     base_width=config.model.base_width)

@@ -1,7 +1,8 @@
 """Post-activation residual blocks shared by the CIFAR and ImageNet ResNets."""
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -10,12 +11,16 @@ import jax.numpy as jnp
 from act_jax.models.common import batch_norm, conv
 
 
-class BasicBlock(nn.Module):
-  """conv3x3-BN-ReLU-conv3x3-BN, add the shortcut, ReLU (ResNet-18/34)."""
+class ResidualBlock(nn.Module):
+  """The fields of every residual block: output width, stride, compute dtype, BN axis."""
   features: int
   stride: int
   dtype: jnp.dtype
   bn_axis_name: str | None
+
+
+class BasicBlock(ResidualBlock):
+  """conv3x3-BN-ReLU-conv3x3-BN, add the shortcut, ReLU (ResNet-18/34)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -25,7 +30,7 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut(x, self.features, self.stride, self.dtype, bn))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1-3x3-1x1 convs with expansion 4 and the stride on the 3x3 conv (ResNet v1.5).
 
   The stride sits on the 3x3 conv as in torchvision and kuangliu's CIFAR ResNet-50, rather than
@@ -33,10 +38,6 @@ class Bottleneck(nn.Module):
   `zero_init_last_bn` starts each residual branch at zero (Goyal et al. 2017), which helps
   large-batch ImageNet training; the CIFAR ResNet-50 keeps PyTorch's default scale of one.
   """
-  features: int
-  stride: int
-  dtype: jnp.dtype
-  bn_axis_name: str | None
   zero_init_last_bn: bool = False
   expansion = 4
 

@@ -1,4 +1,4 @@
-"""Layers shared by every ACT model: He-initialised convolutions and BatchNorm with PyTorch's defaults.
+"""Layers every ACT model shares: He-initialised convolutions, BatchNorm with PyTorch's defaults.
 
 No model normalises its input: ACT's threat model (epsilon-balls, clipping to [0, 1]) is defined
 in raw pixel space, and the release feeds [0, 1] images straight into the network (ACT spec).
@@ -44,3 +44,22 @@ def classifier_head(x: jax.Array, num_classes: int, dtype: jnp.dtype) -> jax.Arr
   """
   x = jnp.mean(x, axis=(1, 2))
   return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32)(x).astype(jnp.float32)
+
+
+class Classifier(nn.Module):
+  """The fields of every ACT classifier.
+
+  `width` is the architecture's base width (the paper's unless a config sets
+  `model.base_width`); `bn_axis_name` is the data-parallel axis that BatchNorm statistics are
+  synchronised over, or None for per-device statistics.
+  """
+  num_classes: int
+  width: int = 64
+  dtype: jnp.dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+  def conv_bn_relu(self, x: jax.Array, features: int, kernel: int, stride: int,
+                   train: bool) -> jax.Array:
+    """conv-BN-ReLU inside the caller's compact `__call__` (stems and plain conv layers)."""
+    x = conv(features, kernel, stride, self.dtype)(x)
+    return nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(x))

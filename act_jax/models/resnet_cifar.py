@@ -1,32 +1,27 @@
 """CIFAR ResNet-18/34/50 as in the ACT release (kuangliu's pytorch-cifar architecture)."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from act_jax.models.blocks import residual_stages
-from act_jax.models.common import batch_norm, classifier_head, conv
+from act_jax.models.blocks import BasicBlock, residual_stages
+from act_jax.models.common import Classifier, classifier_head
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(Classifier):
   """Stem conv3x3(w)-BN-ReLU, four residual stages, global average pool, linear.
 
   The stem is a stride-1 3x3 conv with no max-pool (ACT spec, CIFAR stem): on 32x32 inputs the
   ImageNet 7x7/2 stem and pool would leave the last stage only 1x1 pixels to work on.
   """
-  block: Any
-  stage_sizes: Sequence[int]
-  num_classes: int
-  width: int = 64
-  dtype: jnp.dtype = jnp.float32
-  bn_axis_name: str | None = None
+  block: Any = BasicBlock
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = conv(self.width, 3, 1, self.dtype)(x.astype(self.dtype))
-    x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(x))
+    x = self.conv_bn_relu(x.astype(self.dtype), self.width, 3, 1, train)
     x = residual_stages(x, self.block, self.stage_sizes, self.width, train, self.dtype,
                         self.bn_axis_name)
     return classifier_head(x, self.num_classes, self.dtype)

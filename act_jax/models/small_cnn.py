@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from act_jax.models.common import batch_norm, conv
+from act_jax.models.common import Classifier
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -19,25 +19,21 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Classifier):
   """[conv3x3-BN-ReLU x2, max-pool 2] at widths w and 2w, a Dense(8w)-ReLU, a Dense head.
 
   BatchNorm is kept on purpose: ACT's eval-mode attack and train-mode loss only differ for a
   model with BatchNorm, so the small model exercises the same semantics as the ResNets.
   Flattening takes whatever spatial size is left, so any HxW of at least 4x4 works.
   """
-  num_classes: int
   width: int = 32
-  dtype: jnp.dtype = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = x.astype(self.dtype)
     for features in (self.width, 2 * self.width):
       for _ in range(2):
-        x = conv(features, 3, 1, self.dtype)(x)
-        x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(x))
+        x = self.conv_bn_relu(x, features, 3, 1, train)
       x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(8 * self.width, dtype=self.dtype, param_dtype=jnp.float32)(x))

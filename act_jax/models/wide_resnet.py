@@ -8,21 +8,17 @@ inflates the parameter count and checkpoints; without it WRN-28-10 has the publi
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from act_jax.models.common import batch_norm, classifier_head, conv
+from act_jax.models.blocks import ResidualBlock
+from act_jax.models.common import Classifier, batch_norm, classifier_head, conv
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(ResidualBlock):
   """BN-ReLU-conv3x3-BN-ReLU-conv3x3, plus the input or a 1x1 conv of the pre-activated input.
 
   As in TRADES, when in != out channels the 1x1 shortcut conv reads the BN-ReLU'd input, not the
   raw input; when in == out the stride is always 1 and the raw input is added.
   """
-  features: int
-  stride: int
-  dtype: jnp.dtype
-  bn_axis_name: str | None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -35,17 +31,14 @@ class PreActBlock(nn.Module):
     return conv(self.features, 1, self.stride, self.dtype)(pre) + y
 
 
-class WideResNet(nn.Module):
+class WideResNet(Classifier):
   """conv3x3(w), three stages of (depth - 4) / 6 blocks at widths wk, 2wk, 4wk, BN-ReLU, pool.
 
   `width` is the stem width (16 in the paper) that the widen factor k multiplies.
   """
-  num_classes: int
+  width: int = 16
   depth: int = 28
   widen_factor: int = 10
-  width: int = 16
-  dtype: jnp.dtype = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Runs the robustness suite on an N-device mesh and on a 1-device mesh over the same examples.
+"""Runs the evaluator's attack suite on an N-device mesh and on a 1-device mesh, same examples.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8; prints both accuracy tables as JSON.
 Used by tests/test_multi_device.py.
@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from act_jax import attack_suite, parallel, robustness
+from act_jax import parallel
+from act_jax.attacks import specs
+from act_jax.evaluate.evaluator import Evaluator
 
 NAMES = ("clean", "fgsm", "pgd5", "pgd5-l2", "apgd-ce", "apgd-t", "autoattack", "transfer")
 
@@ -32,12 +34,12 @@ def main():
   mask[-3:] = 0.0  # padding, as the last eval batch has
   batches = [{"image": images[i:i + 16], "label": labels[i:i + 16], "mask": mask[i:i + 16]}
              for i in (0, 16)]
-  settings = attack_suite.SuiteSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5, apgd_steps=10)
+  settings = specs.AttackSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5, apgd_steps=10)
   results = {}
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.make_mesh(devices)
-    result = robustness.evaluate_suite(apply_fn, parallel.replicate(models, mesh), batches, mesh,
-                                       jax.random.PRNGKey(0), names=NAMES, settings=settings)
+    evaluator = Evaluator(apply_fn, mesh, specs.parse_names(",".join(NAMES)), settings)
+    result = evaluator(parallel.replicate(models, mesh), batches, jax.random.PRNGKey(0))
     results[len(devices)] = {"accuracy": result.accuracy, "num_examples": result.num_examples}
   json.dump({str(k): v for k, v in results.items()}, sys.stdout)
 

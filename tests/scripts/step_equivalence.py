@@ -10,7 +10,6 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -18,21 +17,21 @@ from act_jax import models, optimizers, parallel
 from act_jax.train_state import create_act_state
 from act_jax.train_step import ACTHyperparams, train_step
 
+from helpers import with_model
+
 GLOBAL_BATCH = 16
+OPTIM = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                                       lr_decay_epochs=(), lr_decay_factor=0.1))
 HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.1,
                     step_size=0.02, num_steps=3, attack_loss_reduction="reference")
 
 
 def run(devices, state, batch, rng, bn_axis_name="data"):
   model = models.build_model("small_cnn", num_classes=10, base_width=4, bn_axis_name=bn_axis_name)
-  optim = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                                         lr_decay_epochs=(), lr_decay_factor=0.1))
-  tx = optimizers.sgd_with_coupled_weight_decay(optim, 10)
   mesh = parallel.make_mesh(devices)
   step = parallel.distribute_train_step(functools.partial(
-      train_step, model=model, tx=tx, hp=HP,
-      learning_rate_fn=optimizers.learning_rate_schedule(optim, 10)), mesh)
-  state = parallel.replicate(state, mesh)
+      train_step, hp=HP, learning_rate_fn=optimizers.learning_rate_schedule(OPTIM, 10)), mesh)
+  state = parallel.replicate(with_model(state, model), mesh)
   batch = parallel.shard_host_batch(batch, mesh)
   new_state, metrics = step(state, batch, parallel.replicate(rng, mesh))
   return jax.device_get(new_state), jax.device_get(metrics)
@@ -40,9 +39,7 @@ def run(devices, state, batch, rng, bn_axis_name="data"):
 
 def main():
   model = models.build_model("small_cnn", num_classes=10, base_width=4)
-  tx = optimizers.sgd_with_coupled_weight_decay(ml_collections.ConfigDict(dict(
-      learning_rate=0.1, momentum=0.9, weight_decay=5e-4, lr_decay_epochs=(),
-      lr_decay_factor=0.1)), 10)
+  tx = optimizers.sgd_with_coupled_weight_decay(OPTIM, 10)
   state = jax.device_get(create_act_state(model, tx, jax.random.PRNGKey(0), (12, 12, 1)))
   data = np.random.default_rng(0)
   batch = {"image": data.uniform(size=(GLOBAL_BATCH, 12, 12, 1)).astype(np.float32),
@@ -59,12 +56,13 @@ def main():
                                  mutable=["batch_stats"])[1]["batch_stats"] for shard in shards]
   expected_local_stats = jax.tree.map(lambda *s: np.mean(s, axis=0), *per_shard_stats)
   max_diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in
-                              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+                              zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
   json.dump({"num_devices": len(jax.devices()),
              "params": max_diff(many_state.natural.params, one_state.natural.params),
              "robust_params": max_diff(many_state.robust.params, one_state.robust.params),
-             "batch_stats": max_diff((many_state.natural.batch_stats, many_state.robust.batch_stats),
-                                     (one_state.natural.batch_stats, one_state.robust.batch_stats)),
+             "batch_stats": max_diff(
+                 (many_state.natural.batch_stats, many_state.robust.batch_stats),
+                 (one_state.natural.batch_stats, one_state.robust.batch_stats)),
              "metrics": max_diff(many_metrics, one_metrics),
              "update_size": max_diff(one_state.natural.params, state.natural.params),
              "per_device_bn": max_diff(local_state.natural.batch_stats, expected_local_stats),

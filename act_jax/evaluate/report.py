@@ -1,17 +1,24 @@
-"""Presenting a robustness evaluation: a markdown table and the accuracy-vs-eps plot."""
+"""Presenting an evaluation: a markdown table of accuracies and the accuracy-vs-eps plot."""
 
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from etils import epath
 
-from act_jax import robustness
+from act_jax.attacks import specs as attack_specs
+from act_jax.evaluate.evaluator import WORST_CASE
 
 
-def accuracy_table(accuracy: Mapping[str, Mapping[str, float]], *, eps: float) -> str:
-  """Rows: models; columns: clean, each attack, and the per-example worst case (all in %)."""
-  columns = list(next(iter(accuracy.values())))
-  header = [name.replace(robustness.WORST_CASE, "worst case") for name in columns]
-  lines = [f"| model (eps={eps:.4g}) | " + " | ".join(header) + " |",
+def column_title(name: str) -> str:
+  return "worst case" if name == WORST_CASE else attack_specs.parse(name).title
+
+
+def accuracy_table(accuracy: Mapping[str, Mapping[str, float]], *, eps: float,
+                   columns: Sequence[str] | None = None) -> str:
+  """Rows: models; columns: `columns` (default: every reported name), all in %."""
+  columns = list(columns or next(iter(accuracy.values())))
+  lines = [f"| model (L-inf eps={eps:.4g}, accuracy %) | "
+           + " | ".join(map(column_title, columns)) + " |",
            "|---" * (len(columns) + 1) + "|"]
   for model, by_attack in accuracy.items():
     lines.append(f"| {model} | " + " | ".join(f"{100 * by_attack[name]:.2f}"
@@ -21,9 +28,9 @@ def accuracy_table(accuracy: Mapping[str, Mapping[str, float]], *, eps: float) -
 
 def plot_eps_sweep(sweep: Mapping[str, Any], path: epath.PathLike, *, eps: float) -> None:
   """Robust accuracy against eps for each model, with the evaluation eps marked; a PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (only the CLI draws)
+  import matplotlib  # only the command line draws
   matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot
   figure, axes = pyplot.subplots(figsize=(5.5, 3.8), dpi=120)
   for model, values in sweep["accuracy"].items():
     axes.plot(sweep["eps"], [100 * v for v in values], marker="o", label=model)

@@ -10,7 +10,8 @@ Imported only by `input_pipeline`, lazily (this module imports TFDS).
 
 import gzip
 import os
-from typing import Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -67,7 +68,8 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
   """Fashion-MNIST (Xiao et al. 2017): 60k train / 10k test 28x28 grey images, 10 classes."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Built from the IDX files of the Fashion-MNIST release."}
+  RELEASE_NOTES: ClassVar[dict[str, str]] = {
+      "1.0.0": "Built from the IDX files of the Fashion-MNIST release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("`apt-get install dataset-fashion-mnist`, or place the four "
                                   "*-ubyte.gz IDX files of Fashion-MNIST in the manual dir.")
 
@@ -86,5 +88,5 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, directory: os.PathLike, split: str) -> Iterator[tuple[int, dict]]:
     """Keyed by position, so TFDS's shuffling at preparation time is reproducible."""
     images, labels = read_split(os.fspath(directory), split)
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
       yield index, {"image": image[..., None], "label": int(label)}

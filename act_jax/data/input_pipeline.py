@@ -23,7 +23,8 @@ How the processes of a multi-host run share the data depends on the dataset's si
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -53,14 +54,14 @@ class DatasetInfo:
 @functools.cache
 def _tf() -> Any:
   """TensorFlow, imported on first use and kept off the GPUs: the accelerators belong to JAX."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
   return tf
 
 
 def _tfds() -> Any:
   _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
   return tfds
 
 
@@ -87,7 +88,7 @@ def _fashion_mnist_builder(data_dir: str | None, fashion_mnist_dir: str) -> Any:
   `fashion_mnist_dir` has changed since, so point tests at their own `data_dir`.
   """
   tfds = _tfds()
-  from act_jax import fashion_mnist_idx  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  from act_jax.data import fashion_mnist_idx  # imports TFDS
   if fashion_mnist_idx.has_idx_files(fashion_mnist_dir):
     builder = fashion_mnist_idx.FashionMnistIdx(data_dir=data_dir)
     builder.download_and_prepare(
@@ -201,7 +202,7 @@ def _in_memory_train(name: str, images: np.ndarray, labels: np.ndarray, *, batch
   any image, and gathering and augmenting a batch at once is much faster than per example.
   """
   tf = _tf()
-  from act_jax import augmentations  # pylint: disable=g-import-not-at-top  (imports TF)
+  from act_jax.data import augmentations  # imports TF
   images, labels = tf.constant(images), tf.constant(labels)
   steps = len(labels) // global_batch
 
@@ -234,7 +235,7 @@ def _imagenet_train(records: Any, num_examples: int, image_size: int, *, batch: 
   mixes in TF's global seed, which nothing in act_jax sets (no other module imports TF).
   """
   tf = _tf()
-  from act_jax import augmentations  # pylint: disable=g-import-not-at-top  (imports TF)
+  from act_jax.data import augmentations  # imports TF
   per_epoch = (num_examples // batch) * batch
 
   def epoch_items(epoch):
@@ -308,7 +309,7 @@ def _imagenet_eval_examples(split: str, process_index: int, process_count: int,
                             data_dir: str | None, image_size: int | None) -> Any:
   """This process's part of an ImageNet split as {"image": float32 [0, 1], "label"} examples."""
   tf = _tf()
-  from act_jax import augmentations  # pylint: disable=g-import-not-at-top  (imports TF)
+  from act_jax.data import augmentations  # imports TF
   builder = _builder("imagenet2012", data_dir, DEFAULT_FASHION_MNIST_DIR)
   size = image_size or DEFAULT_IMAGENET_SIZE
   records = builder.as_dataset(split=_process_split(split, process_index, process_count, False),
@@ -328,7 +329,7 @@ def _in_memory_eval(images: np.ndarray, labels: np.ndarray, *, batch: int, proce
   indices = np.concatenate([np.arange(len(labels)), np.zeros(padding, np.int64)])
   rows = indices.reshape(num_batches, global_batch)[:, process_index * batch:][:, :batch]
   masks = mask.reshape(num_batches, global_batch)[:, process_index * batch:][:, :batch]
-  for batch_rows, batch_mask in zip(rows, masks):
+  for batch_rows, batch_mask in zip(rows, masks, strict=True):
     black = batch_mask[:, None, None, None]
     yield {"image": images[batch_rows].astype(np.float32) / 255.0 * black,
            "label": np.where(batch_mask > 0, labels[batch_rows], 0).astype(np.int32),

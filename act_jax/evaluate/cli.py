@@ -1,4 +1,4 @@
-"""Command line: the robustness of a trained ACT run's models under a suite of attacks.
+"""`python -m act_jax.evaluate`: the robustness of a trained run's models under a suite of attacks.
 
     python -m act_jax.evaluate --workdir=DIR \
         --attacks=clean,pgd20,pgd100,apgd-ce,apgd-t,autoattack,transfer --eps=0.1
@@ -11,14 +11,18 @@ ran), `DIR/robustness_eps_sweep.png`, and prints a table. Runs data-parallel ove
 import dataclasses
 import sys
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from absl import app, flags, logging
 from etils import epath
 
-from act_jax import api, attack_suite, distributed, parallel, reporting, robustness
-from act_jax import robustness_report
+from act_jax import api, distributed, parallel, reporting
+from act_jax.attacks import specs as attack_specs
+from act_jax.evaluate import evaluator as evaluator_lib
+from act_jax.evaluate import report, sanity
+from act_jax.train_state import eval_mode_apply
 
 DEFAULT_ATTACKS = "clean,pgd20,pgd100,apgd-ce,apgd-t,autoattack,transfer"
 DEFAULT_SWEEP_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
@@ -28,13 +32,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "An act_jax training workdir (config.json and checkpoints).",
                     required=True)
 flags.DEFINE_string("attacks", DEFAULT_ATTACKS,
-                    "Comma-separated attacks: " + attack_suite.valid_names_message() + ".")
+                    "Comma-separated attacks: " + attack_specs.valid_names_message() + ".")
 flags.DEFINE_float("eps", None, "L-inf radius (default: the run's config.eval.eps).")
 flags.DEFINE_float("eps-l2", 1.0, "L2 radius for the pgd<K>-l2 attacks.")
 flags.DEFINE_float("pgd-travel", None,
                    "Total travel of PGD-K in units of eps; each step is travel * eps / K (default: "
                    "the run's eval PGD, config.eval.step_size * num_steps / eps).")
-flags.DEFINE_integer("apgd-steps", attack_suite.APGD_STEPS,
+flags.DEFINE_integer("apgd-steps", attack_specs.APGD_STEPS,
                      "Iterations of APGD-CE/DLR and of APGD-T per target (AutoAttack: 100).")
 flags.DEFINE_integer("restarts", 1, "Random restarts of PGD and APGD (per-example worst case).")
 flags.DEFINE_integer("num-examples", None, "Evaluate the first N test examples (default: all).")
@@ -67,7 +71,7 @@ class EvaluationRequest:
   eps_l2: float = 1.0
   pgd_travel: float | None = None
   restarts: int = 1
-  apgd_steps: int = attack_suite.APGD_STEPS
+  apgd_steps: int = attack_specs.APGD_STEPS
   num_examples: int | None = None
   batch_size: int | None = None
   eps_sweep: Sequence[float] | None = None
@@ -81,17 +85,18 @@ class EvaluationRequest:
   show_progress: bool = True
 
 
-def _check(request: EvaluationRequest) -> tuple[tuple[str, ...], str]:
+def _check(request: EvaluationRequest
+           ) -> tuple[tuple[attack_specs.AttackSpec, ...], attack_specs.AttackSpec]:
   try:
-    names = attack_suite.parse_attack_names(request.attacks)
+    attacks = attack_specs.parse_names(request.attacks)
   except ValueError as error:
     raise UsageError(f"--attacks={request.attacks}: {error}") from None
   try:
-    (sweep_attack,) = attack_suite.parse_attack_names(request.sweep_attack)
+    sweep_attack = attack_specs.parse(request.sweep_attack)
   except ValueError as error:
     raise UsageError(f"--sweep-attack={request.sweep_attack}: {error}") from None
-  if sweep_attack in ("clean", "transfer") or sweep_attack in attack_suite.COMPOSITES:
-    raise UsageError(f"--sweep-attack={sweep_attack}: must be a single white-box attack")
+  if not sweep_attack.is_white_box:
+    raise UsageError(f"--sweep-attack={sweep_attack.name}: must be a single white-box attack")
   for flag, value in (("--eps", request.eps), ("--eps-l2", request.eps_l2),
                       ("--large-eps", request.large_eps)):
     if value is not None and value < 0:
@@ -107,22 +112,22 @@ def _check(request: EvaluationRequest) -> tuple[tuple[str, ...], str]:
   unknown = [m for m in request.models if m not in MODEL_NAMES]
   if unknown or not request.models:
     raise UsageError(f"--models={','.join(request.models)}: allowed: {', '.join(MODEL_NAMES)}")
-  if "transfer" in names and len(set(request.models)) < 2:
+  if any(a.kind == "transfer" for a in attacks) and len(set(request.models)) < 2:
     raise UsageError("--attacks=...transfer needs --models=natural,robust (it crafts on one "
                      "model and measures the other)")
-  return names, sweep_attack
+  return attacks, sweep_attack
 
 
 def _progress_bar(total: int, description: str, enabled: bool):
-  import tqdm  # pylint: disable=g-import-not-at-top
+  import tqdm
   return tqdm.tqdm(total=total, desc=description, unit="img", dynamic_ncols=True,
                    file=sys.stdout, disable=not enabled, mininterval=1.0)
 
 
 def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   """Evaluates the run in `request.workdir`; returns (and writes) the results."""
-  from act_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TF is heavy)
-  names, sweep_attack = _check(request)
+  from act_jax.data import input_pipeline  # TF is heavy
+  attacks, sweep_attack = _check(request)
   mesh = parallel.make_mesh()
   run = api.load_run(request.workdir, step=request.step, devices=list(mesh.devices.flat))
   config = run.config
@@ -131,17 +136,17 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   if travel is None:
     travel = (config.eval.step_size * config.eval.num_steps / config.eval.eps
               if config.eval.eps > 0 else 2.5)
-  settings = attack_suite.SuiteSettings(eps=eps, eps_l2=request.eps_l2, pgd_travel=travel,
-                                        restarts=request.restarts,
-                                        apgd_steps=request.apgd_steps)
+  settings = attack_specs.AttackSettings(eps=eps, eps_l2=request.eps_l2, pgd_travel=travel,
+                                         restarts=request.restarts,
+                                         apgd_steps=request.apgd_steps,
+                                         unroll=parallel.unrolls_attack_loops(mesh))
   batch_size = request.batch_size or config.eval.batch_size
   if batch_size % mesh.size or batch_size % jax.process_count():
     raise UsageError(f"--batch-size={batch_size}: must be divisible by the number of devices "
                      f"({mesh.size}) and processes ({jax.process_count()})")
   models = tuple(dict.fromkeys(request.models))
-  variables = {m: {"params": getattr(run.state, m).params,
-                   "batch_stats": getattr(run.state, m).batch_stats} for m in models}
-  apply_fn = _eval_mode_apply(run.model)
+  variables = {m: getattr(run.state, m).variables for m in models}
+  apply_fn = eval_mode_apply(run.model.apply)
   total = min(request.num_examples or run.info.num_test, run.info.num_test)
   is_chief = jax.process_index() == 0
   rng = jax.random.PRNGKey(request.seed)
@@ -153,29 +158,30 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
         image_size=config.dataset.image_size, process_index=jax.process_index(),
         process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir)
 
-  def run_suite(suite_names, suite_settings, description):
+  def run_suite(suite_attacks, suite_settings, description):
+    evaluator = evaluator_lib.Evaluator(apply_fn, mesh, suite_attacks, suite_settings)
     with _progress_bar(total, description, request.show_progress and is_chief) as bar:
-      return robustness.evaluate_suite(apply_fn, variables, batches(), mesh, rng,
-                                       names=suite_names, settings=suite_settings,
-                                       on_batch=lambda n: bar.update(min(n, total - bar.n)))
+      return evaluator(variables, batches(), rng,
+                       on_batch=lambda n: bar.update(min(n, total - bar.n)))
 
-  main = run_suite(names, settings, "attacks")
+  main = run_suite(attacks, settings, "attacks")
   sweep_eps = (sorted(set(request.eps_sweep)) if request.eps_sweep is not None
                else sorted({m * eps for m in DEFAULT_SWEEP_MULTIPLES}))
   sweep = None
   if sweep_eps:
-    sweep = {"attack": sweep_attack, "eps": sweep_eps, "accuracy": {m: [] for m in models}}
+    sweep = {"attack": sweep_attack.name, "eps": sweep_eps,
+             "accuracy": {m: [] for m in models}}
     for value in sweep_eps:
       result = run_suite((sweep_attack,), dataclasses.replace(settings, eps=value),
-                         f"{sweep_attack} at eps={value:.4g}")
+                         f"{sweep_attack.name} at eps={value:.4g}")
       for m in models:
-        sweep["accuracy"][m].append(result.accuracy[m][sweep_attack])
+        sweep["accuracy"][m].append(result.accuracy[m][sweep_attack.name])
   large = run_suite((sweep_attack,), dataclasses.replace(settings, eps=request.large_eps),
-                    f"{sweep_attack} at eps={request.large_eps:.4g}")
-  large_eps = {"attack": sweep_attack, "eps": request.large_eps,
+                    f"{sweep_attack.name} at eps={request.large_eps:.4g}")
+  large_eps = {"attack": sweep_attack.name, "eps": request.large_eps,
                "max_accuracy": request.large_eps_max_accuracy,
-               "accuracy": {m: large.accuracy[m][sweep_attack] for m in models}}
-  checks = robustness.sanity_checks(main.accuracy, sweep, large_eps)
+               "accuracy": {m: large.accuracy[m][sweep_attack.name] for m in models}}
+  checks = sanity.sanity_checks(main.accuracy, sweep, large_eps)
   output = epath.Path(request.output or epath.Path(request.workdir) / "robustness.json")
   plot = output.with_name(output.stem + "_eps_sweep.png") if sweep else None
   results = {
@@ -183,7 +189,7 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
       "num_examples": main.num_examples, "eps": eps, "eps_l2": request.eps_l2,
       "pgd_travel": travel, "restarts": request.restarts, "apgd_steps": request.apgd_steps,
       "seed": request.seed,
-      "attacks": {name: attack_suite.describe(name, settings) for name in names},
+      "attacks": {spec.name: spec.describe(settings) for spec in attacks},
       "accuracy": main.accuracy, "eps_sweep": sweep, "large_eps": large_eps,
       "sanity_checks": [dataclasses.asdict(check) for check in checks],
       "all_sanity_checks_passed": all(check.passed for check in checks),
@@ -194,8 +200,8 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     reporting.write_json(output, results)
     if plot:
-      robustness_report.plot_eps_sweep(sweep, plot, eps=eps)
-    print("\n" + robustness_report.accuracy_table(main.accuracy, eps=eps), flush=True)
+      report.plot_eps_sweep(sweep, plot, eps=eps)
+    print("\n" + report.accuracy_table(main.accuracy, eps=eps), flush=True)
     print(f"\n{main.num_examples} test examples, checkpoint step {run.step}; results in {output}"
           + (f", curve in {plot}" if plot else ""), flush=True)
     for check in failed:
@@ -203,11 +209,6 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
       warnings.warn(message, RuntimeWarning, stacklevel=2)
       print(f"warning: {message}", file=sys.stderr, flush=True)
   return results
-
-
-def _eval_mode_apply(model):
-  """One function object per model, so the compiled step is cached across the sweep."""
-  return lambda variables, images: model.apply(variables, images, train=False)
 
 
 def _flag(name: str):
@@ -240,7 +241,3 @@ def main(argv: list[str]) -> None:
       raise
     print(f"error: --eps-sweep={','.join(sweep)}: {error}", file=sys.stderr)
     sys.exit(2)
-
-
-if __name__ == "__main__":
-  app.run(main)

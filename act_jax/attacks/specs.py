@@ -1,0 +1,169 @@
+"""Attack names, parsed once into a spec that both builds and describes the attack.
+
+A name says what is run ("pgd20", "apgd-t", "autoattack", ...); the threat model (eps, eps_l2),
+the step-size rule and the loop style come from `AttackSettings`, so the same names mean the
+same attacks at every eps of a sweep.
+"""
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable
+
+import jax
+
+from act_jax.attacks.apgd_attack import apgd, apgd_targeted
+from act_jax.attacks.fgsm_attack import fgsm
+from act_jax.attacks.pgd_attack import pgd
+
+# attack(logits_fn, images, labels, example_rngs) -> adversarial images
+Attack = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
+
+APGD_STEPS = 100
+TRANSFER_STEPS = 20
+NUM_APGD_TARGETS = 9
+PATTERNS = ("pgd<K>", "pgd<K>-l2", "pgd<K>-targeted", "pgd<K>-ll", "cw<K>")
+_STEPPED = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>[1-9][0-9]*)(?P<variant>-l2|-targeted|-ll)?$")
+_TARGETS = {"-targeted": "random", "-ll": "least_likely"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+  """The threat model, step rule and loop style shared by every attack of one evaluation.
+
+  PGD-K takes K steps of `pgd_travel * eps / K`: its total travel is fixed whatever K is, so
+  PGD-100 is a finer, not a longer-reaching, PGD-20. A run's own evaluation PGD sets the travel
+  (config.eval.step_size * num_steps / eps), so "pgd20" at the run's eps is the PGD-20 that
+  training reports. `unroll` unrolls the attack loops (asked for on CPU, see
+  `parallel.unrolls_attack_loops`).
+  """
+  eps: float
+  eps_l2: float = 1.0
+  pgd_travel: float = 2.5
+  restarts: int = 1
+  apgd_steps: int = APGD_STEPS
+  unroll: bool = False
+
+  def pgd_step(self, eps: float, num_steps: int) -> float:
+    return self.pgd_travel * eps / num_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """What one attack name means.
+
+  kind: "clean" (no attack), "fgsm", "pgd" (any loss, norm or target), "apgd", "apgd-t",
+    "transfer" (PGD crafted on another model) or "composite" (the per-example AND of `members`).
+  """
+  name: str
+  kind: str
+  num_steps: int = 0
+  norm: str = "linf"
+  loss: str = "ce"
+  target: str | None = None
+  members: tuple[str, ...] = ()
+
+  @property
+  def title(self) -> str:
+    """How tables name the attack, e.g. "PGD-20", "APGD-T", "AutoAttack (APGD-CE + APGD-T)"."""
+    if self.kind == "composite":
+      return "AutoAttack (" + " + ".join(parse(m).title for m in self.members) + ")"
+    if self.kind == "pgd":
+      prefix = "CW" if self.loss == "cw_margin" else "PGD"
+      suffix = {"l2": " L2"}.get(self.norm, "") + {"random": " targeted",
+                                                   "least_likely": " least-likely"}.get(
+                                                       self.target, "")
+      return f"{prefix}-{self.num_steps}{suffix}"
+    return {"clean": "clean", "fgsm": "FGSM", "apgd-t": "APGD-T",
+            "transfer": f"transfer (PGD-{self.num_steps} from the other model)"}.get(
+                self.kind, self.name.upper())
+
+  @property
+  def is_white_box(self) -> bool:
+    """A single attack on the evaluated model itself (what `build` makes)."""
+    return self.kind not in ("clean", "transfer", "composite")
+
+  def build(self, settings: AttackSettings) -> Attack:
+    """The attack under `settings` (for "transfer", the PGD to craft on the source model)."""
+    eps, common = settings.eps, {"restarts": settings.restarts, "unroll": settings.unroll}
+    if self.kind == "fgsm":
+      return lambda logits_fn, images, labels, rngs: fgsm(logits_fn, images, labels, eps=eps)
+    if self.kind == "apgd":
+      return functools.partial(apgd, eps=eps, num_steps=settings.apgd_steps, loss=self.loss,
+                               **common)
+    if self.kind == "apgd-t":
+      return functools.partial(apgd_targeted, eps=eps, num_steps=settings.apgd_steps,
+                               num_target_classes=NUM_APGD_TARGETS, **common)
+    if self.kind in ("pgd", "transfer"):
+      radius = settings.eps_l2 if self.norm == "l2" else eps
+      return functools.partial(pgd, eps=radius, norm=self.norm, loss=self.loss,
+                               target=self.target, num_steps=self.num_steps,
+                               step_size=settings.pgd_step(radius, self.num_steps), **common)
+    raise ValueError(f"{self.name!r} is not a single attack; valid: {valid_names_message()}")
+
+  def describe(self, settings: AttackSettings) -> str:
+    """One line for the results: what this attack ran."""
+    eps = f"eps={settings.eps:.4g}"
+    if self.kind == "clean":
+      return "no attack"
+    if self.kind == "fgsm":
+      return f"FGSM, L-inf {eps}"
+    if self.kind == "composite":
+      return (f"per-example AND of {', '.join(self.members)} (AutoAttack's gradient-based "
+              "part)")
+    if self.kind == "transfer":
+      return (f"PGD-{self.num_steps} crafted on the run's other model, L-inf {eps} "
+              "(black-box transfer)")
+    if self.kind in ("apgd", "apgd-t"):
+      kind = {"ce": "APGD-CE", "dlr": "APGD-DLR"}.get(self.loss) if self.kind == "apgd" else (
+          f"APGD-T (targeted DLR, {NUM_APGD_TARGETS} target classes)")
+      return f"{kind}, {settings.apgd_steps} steps, L-inf {eps}, {settings.restarts} restart(s)"
+    radius = settings.eps_l2 if self.norm == "l2" else settings.eps
+    step = f"step {settings.pgd_step(radius, self.num_steps):.4g}"
+    if self.loss == "cw_margin":
+      return f"PGD-{self.num_steps} on the CW margin, L-inf {eps}, {step}"
+    if self.norm == "l2":
+      return f"PGD-{self.num_steps}, L2 eps={radius:.4g}, {step}, CE"
+    target = {"random": ", targeted (random class)",
+              "least_likely": ", targeted (least-likely class)"}.get(self.target, "")
+    return f"PGD-{self.num_steps}, L-inf {eps}, {step}, uniform start, CE{target}"
+
+
+_FIXED = {
+    "clean": AttackSpec("clean", "clean"),
+    "fgsm": AttackSpec("fgsm", "fgsm", num_steps=1),
+    "apgd-ce": AttackSpec("apgd-ce", "apgd", loss="ce"),
+    "apgd-dlr": AttackSpec("apgd-dlr", "apgd", loss="dlr"),
+    "apgd-t": AttackSpec("apgd-t", "apgd-t", loss="targeted_dlr"),
+    # AutoAttack's "standard" composite is APGD-CE, APGD-T, FAB-T and Square; FAB-T and Square
+    # are not implemented here, so "autoattack" is the per-example AND of its two
+    # gradient-based members.
+    "autoattack": AttackSpec("autoattack", "composite", members=("apgd-ce", "apgd-t")),
+    "transfer": AttackSpec("transfer", "transfer", num_steps=TRANSFER_STEPS),
+}
+
+
+def valid_names_message() -> str:
+  return ", ".join((*_FIXED, *PATTERNS))
+
+
+def parse(name: str) -> AttackSpec:
+  """The spec of one attack name; raises naming the valid ones."""
+  name = name.strip().lower()
+  if name in _FIXED:
+    return _FIXED[name]
+  match = _STEPPED.match(name)
+  if match is None or (match["kind"] == "cw" and match["variant"]):
+    raise ValueError(f"unknown attack {name!r}; valid: {valid_names_message()}")
+  return AttackSpec(name, "pgd", num_steps=int(match["steps"]),
+                    norm="l2" if match["variant"] == "-l2" else "linf",
+                    loss="cw_margin" if match["kind"] == "cw" else "ce",
+                    target=_TARGETS.get(match["variant"]))
+
+
+def parse_names(text: str) -> tuple[AttackSpec, ...]:
+  """Comma-separated names -> specs without duplicates, in order; raises naming a bad one."""
+  names = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+  if not names:
+    raise ValueError(f"no attacks given; valid: {valid_names_message()}")
+  return tuple(parse(name) for name in names)

@@ -1,0 +1,1 @@
+"""Input pipelines: datasets read, shuffled, augmented and batched for training and evaluation."""
