@@ -1,4 +1,4 @@
-"""Public API for other tools: a trained ACT model as a plain jit-able function."""
+"""Public API for other tools: a trained run, and any of its models as a plain jit-able function."""
 
 import dataclasses
 import json
@@ -10,20 +10,25 @@ import jax
 import ml_collections
 from etils import epath
 
-from act_jax import checkpointing, models, optimizers, parallel
-from act_jax.train_state import ACTState, create_act_state, eval_mode_logits
-
-WHICH = ("robust", "natural")
+from act_jax import checkpointing, methods, models, optimizers, parallel
+from act_jax.data import datasets
+from act_jax.train_state import ModelState, eval_mode_logits
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
-  """A finished (or checkpointed) ACT run: its config, model, dataset metadata and both models."""
+  """A finished (or checkpointed) run: its config, method, architecture, dataset and state."""
   config: ml_collections.ConfigDict
+  method: methods.Method
   model: nn.Module
-  info: Any  # input_pipeline.DatasetInfo
-  state: ACTState
+  info: datasets.DatasetInfo
+  state: Any
   step: int
+
+  @property
+  def models(self) -> dict[str, ModelState]:
+    """The run's models by name: "natural" and "robust" for ACT, one of them otherwise."""
+    return self.method.models(self.state)
 
 
 def load_run(workdir: str, *, step: int | None = None,
@@ -37,16 +42,14 @@ def load_run(workdir: str, *, step: int | None = None,
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: is {workdir} an act_jax workdir?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  from act_jax.data import input_pipeline  # TF, only for the dataset's metadata
-  info = input_pipeline.dataset_info(config.dataset.name, data_dir=config.dataset.data_dir,
-                                     image_size=config.dataset.image_size,
-                                     fashion_mnist_dir=config.dataset.fashion_mnist_dir)
+  method = methods.get(config.method)
+  info = datasets.dataset_info(config.dataset)
   model = models.from_config(config, info.num_classes)
   # Only the structure matters for restoring; the schedule length does not affect it.
-  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1,
+  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1, total_steps=1,
                                                 global_batch_size=config.train.batch_size)
   mesh = parallel.make_mesh(devices or jax.local_devices()[:1])
-  template = jax.jit(lambda rng: create_act_state(model, tx, rng, info.image_shape),
+  template = jax.jit(lambda rng: method.create_state(model, tx, rng, info.image_shape),
                      out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(
                          jax.random.PRNGKey(0))
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=None, read_only=True)
@@ -55,17 +58,23 @@ def load_run(workdir: str, *, step: int | None = None,
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir_path / 'checkpoints'}")
   state, _, position = restored
-  return TrainedRun(config=config, model=model, info=info, state=state, step=position.step)
+  return TrainedRun(config=config, method=method, model=model, info=info, state=state,
+                    step=position.step)
 
 
-def load_model(workdir: str, which: str = "robust") -> Callable[[jax.Array], jax.Array]:
-  """`logits = f(images)` for the natural or robust model of the newest checkpoint in `workdir`.
+def load_model(workdir: str, which: str | None = None) -> Callable[[jax.Array], jax.Array]:
+  """`logits = f(images)` for one model of the newest checkpoint in `workdir`.
 
-  `images` are NHWC float32 in [0, 1] (no normalisation, as in training); logits are float32.
-  The model runs in eval mode (running BatchNorm statistics). The returned function is jitted and
-  can be used inside other jitted code, e.g. to attack the model.
+  `which` names the model: "natural" or "robust" for an ACT run, the run's only model for the
+  other methods ("natural" for natural training, "robust" for PGD-AT and TRADES); None takes
+  the robust model where there is one. `images` are NHWC float32 in [0, 1] (no
+  normalisation, as in training); logits are float32. The model runs in eval mode (running
+  BatchNorm statistics). The returned function is jitted and can be used inside other jitted
+  code, e.g. to attack the model.
   """
-  if which not in WHICH:
-    raise ValueError(f"which={which!r}; allowed: {', '.join(WHICH)}")
   run = load_run(workdir)
-  return jax.jit(eval_mode_logits(getattr(run.state, which)))
+  which = which or run.method.default_model
+  if which not in run.models:
+    raise ValueError(f"which={which!r}: this {run.method.name} run has "
+                     f"{', '.join(run.method.model_names)}")
+  return jax.jit(eval_mode_logits(run.models[which]))

@@ -8,8 +8,9 @@ from numbers import Real
 
 import ml_collections
 
+from act_jax import methods, optimizers
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
-from act_jax.data.input_pipeline import DATASET_NAMES  # names only: TensorFlow stays unimported
+from act_jax.data.datasets import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS
 from act_jax.models import MODEL_NAMES
 
 DTYPES = ("float32", "bfloat16")
@@ -62,20 +63,38 @@ def _one_of(value, field: str, allowed: tuple[str, ...]):
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
                     num_processes: int = 1) -> None:
-  """Raises ConfigError for the first bad field; returns None when the config is usable."""
+  """Raises ConfigError for the first bad field; returns None when the config is usable.
+
+  Fields that only one method reads (`act.*`, `trades.*`, the training attack) are checked
+  for the method that reads them.
+  """
+  _one_of(config.method, "method", methods.METHOD_NAMES)
   _one_of(config.dataset.name, "dataset.name", DATASET_NAMES)
   _one_of(config.model.name, "model.name", MODEL_NAMES)
   _one_of(config.model.dtype, "model.dtype", DTYPES)
-  _one_of(config.attack.loss_reduction, "attack.loss_reduction", ATTACK_LOSS_REDUCTIONS)
-  for field in ("act.natural_alpha", "act.robust_alpha"):
-    _in_range(config, field, 0.0, 1.0)
-  _positive(config, "act.temperature")
-  for prefix in ("attack", "eval"):
+  if config.method == "act":
+    _one_of(config.attack.loss_reduction, "attack.loss_reduction", ATTACK_LOSS_REDUCTIONS)
+    for field in ("act.natural_alpha", "act.robust_alpha"):
+      _in_range(config, field, 0.0, 1.0)
+    _positive(config, "act.temperature")
+  if config.method == "trades":
+    _non_negative(config, "trades.beta")
+  prefixes = ("eval",) if config.method == "natural" else ("attack", "eval")
+  for prefix in prefixes:
     _non_negative(config, f"{prefix}.eps")
     _non_negative(config, f"{prefix}.step_size")
-  _positive_int(config, "attack.num_steps", allow_zero=True)
+  if config.method != "natural":
+    _positive_int(config, "attack.num_steps", allow_zero=True)
   _positive_int(config, "eval.num_steps")
+  _one_of(config.eval.split, "eval.split", EVAL_SPLITS)
+  _positive_int(config, "dataset.validation_examples", allow_zero=True)
+  if config.dataset.validation_examples and config.dataset.name not in IN_MEMORY_DATASETS:
+    _fail("dataset.validation_examples", config.dataset.validation_examples,
+          f"a hold-out needs an in-memory dataset ({', '.join(IN_MEMORY_DATASETS)})")
+  if config.eval.split == "validation" and not config.dataset.validation_examples:
+    _fail("eval.split", config.eval.split, "needs dataset.validation_examples > 0")
   _positive(config, "optim.learning_rate")
+  _one_of(config.optim.schedule, "optim.schedule", optimizers.SCHEDULES)
   if config.optim.base_batch_size is not None:
     _positive_int(config, "optim.base_batch_size")
   _non_negative(config, "optim.warmup_epochs")
@@ -85,7 +104,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   epochs = list(config.optim.lr_decay_epochs)
   if any(e < 0 for e in epochs) or epochs != sorted(epochs):
     _fail("optim.lr_decay_epochs", tuple(epochs), "must be non-negative and increasing")
-  if epochs and epochs[0] < config.optim.warmup_epochs:
+  if config.optim.schedule == "piecewise" and epochs and epochs[0] < config.optim.warmup_epochs:
     _fail("optim.warmup_epochs", config.optim.warmup_epochs,
           f"must end before the first lr decay (optim.lr_decay_epochs = {tuple(epochs)})")
   for field in ("train.epochs", "train.log_every_steps", "train.checkpoint_every_steps",

@@ -3,7 +3,8 @@
 Any config field can be overridden, e.g. `--config.train.epochs=3 --config.attack.eps=0.05`.
 Running the same command again resumes from the newest checkpoint in DIR. On a TPU pod or a GPU
 cluster every process runs this same command (see launch/); `--distributed` says whether to
-join the others first.
+join the others first. A single process on CPU gets one XLA device per core unless
+XLA_FLAGS=--xla_force_host_platform_device_count=N or JAX_NUM_CPU_DEVICES=N says otherwise.
 """
 
 import sys
@@ -11,11 +12,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from act_jax import config_validation, distributed, train
+from act_jax import config_validation, distributed, parallel, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Path to an ACT config file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
+                                "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and results.json go.",
                     required=True)
 flags.DEFINE_enum("distributed", "auto", distributed.MODES,
@@ -29,7 +30,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.is_parsed() or FLAGS["verbosity"].present == 0:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file operation at INFO
-  distributed.initialize(FLAGS.distributed)
+  if not distributed.initialize(FLAGS.distributed):
+    parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
+                                          FLAGS.config.eval.batch_size])
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except config_validation.ConfigError as error:

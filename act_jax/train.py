@@ -1,6 +1,7 @@
 """The training loop: build everything from the config, resume, step, evaluate, checkpoint, report.
 
-The loop itself is deliberately boring; the science lives in `train_step` and `attacks`.
+The loop is the same for every method and deliberately boring; the science lives in
+`methods` (the per-device steps), `attacks` and `losses`.
 """
 
 import functools
@@ -14,12 +15,21 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from act_jax import checkpointing, config_validation, models, optimizers, parallel, reporting
+from act_jax import (
+  checkpointing,
+  config_validation,
+  methods,
+  models,
+  optimizers,
+  parallel,
+  reporting,
+)
 from act_jax.attacks import specs as attack_specs
+from act_jax.data import datasets, pipeline
 from act_jax.evaluate import evaluator as evaluator_lib
 from act_jax.evaluate import report
-from act_jax.train_state import create_act_state, eval_mode_apply
-from act_jax.train_step import ACTHyperparams, train_step
+from act_jax.study import report as study_report
+from act_jax.train_state import eval_mode_apply
 
 
 class _PreemptionFlag:
@@ -43,18 +53,18 @@ class _PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _prepare_dataset_chief_first(name: str, data_kwargs: dict[str, Any], is_chief: bool) -> Any:
-  """Dataset metadata, preparing the TFDS dataset if needed: process 0 first, then the others.
+def _prepare_dataset_chief_first(dataset_config: ml_collections.ConfigDict,
+                                 is_chief: bool) -> datasets.DatasetInfo:
+  """Dataset metadata, preparing the dataset if needed: process 0 first, then the others.
 
-  Processes that share `data_dir` (a bucket, or one machine's disk) then find it prepared
-  instead of racing to write it; processes on other hosts with a local `data_dir` prepare
-  their own copy.
+  Processes that share `data_dir` (a bucket, or one machine's disk) then find a TFDS dataset
+  (or CIFAR's array cache) prepared instead of racing to write it; processes on other hosts
+  with a local `data_dir` prepare their own copy.
   """
-  from act_jax.data import input_pipeline  # TF is heavy
-  info = input_pipeline.dataset_info(name, **data_kwargs) if is_chief else None
+  info = datasets.dataset_info(dataset_config) if is_chief else None
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("act_jax: dataset prepared by process 0")
-  return info if is_chief else input_pipeline.dataset_info(name, **data_kwargs)
+  return info if is_chief else datasets.dataset_info(dataset_config)
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -83,30 +93,25 @@ def _record(results: dict[str, Any], result: dict[str, Any], writer: reporting.S
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        interrupt_after_steps: int | None = None) -> dict[str, Any]:
-  """Trains ACT as `config` says, resuming from the newest checkpoint in `workdir`.
+  """Trains `config.method` as `config` says, resuming from the newest checkpoint in `workdir`.
 
   `interrupt_after_steps` stops this run after that many steps as a preemption would (checkpoint,
   then return without the final evaluation); it exists so that resumption can be tested.
   Returns the results that are also written to `workdir/results.json`.
   """
-  from act_jax.data import input_pipeline  # TF is heavy
-
   mesh = parallel.make_mesh()
   config_validation.validate_config(config, num_devices=mesh.size,
                                     num_processes=jax.process_count())
+  method = methods.get(config.method)
   is_chief = jax.process_index() == 0
   workdir_path = epath.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   if is_chief:
     (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-  data_kwargs = dict(data_dir=config.dataset.data_dir, image_size=config.dataset.image_size,
-                     fashion_mnist_dir=config.dataset.fashion_mnist_dir)
-  info = _prepare_dataset_chief_first(config.dataset.name, data_kwargs, is_chief)
-  steps_per_epoch = input_pipeline.steps_per_epoch(
-      config.dataset.name, global_batch_size=config.train.batch_size,
-      data_dir=config.dataset.data_dir, process_count=jax.process_count(),
-      fashion_mnist_dir=config.dataset.fashion_mnist_dir)
+  info = _prepare_dataset_chief_first(config.dataset, is_chief)
+  train_data = pipeline.train_data(config, mesh)
+  steps_per_epoch = train_data.steps_per_epoch
   total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
 
   # Over one device, synchronised BN is plain BN: skip its collectives (costly on XLA:CPU).
@@ -114,10 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   bn_axis_name = parallel.DATA_AXIS if sync_batch_norm else None
   model = models.from_config(config, info.num_classes, bn_axis_name=bn_axis_name)
   tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch,
-                                                global_batch_size=config.train.batch_size)
+                                                global_batch_size=config.train.batch_size,
+                                                total_steps=total_steps)
   root_rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng, eval_rng = jax.random.split(root_rng, 3)
-  state = jax.jit(functools.partial(create_act_state, model, tx, image_shape=info.image_shape),
+  state = jax.jit(functools.partial(method.create_state, model, tx, image_shape=info.image_shape),
                   out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(init_rng)
   train_rng = parallel.replicate(train_rng, mesh)
 
@@ -130,28 +136,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       print(f"Resuming from step {position.step} in {workdir}", flush=True)
 
   schedule = optimizers.learning_rate_schedule(config.optim, steps_per_epoch,
-                                               global_batch_size=config.train.batch_size)
+                                               global_batch_size=config.train.batch_size,
+                                               total_steps=total_steps)
   unroll = parallel.unrolls_attack_loops(mesh)
   distributed_train_step = parallel.distribute_train_step(
-      functools.partial(train_step, hp=ACTHyperparams.from_config(config, unroll_attack=unroll),
+      functools.partial(method.train_step,
+                        hp=method.hyperparams(config, unroll_attack=unroll),
                         learning_rate_fn=schedule), mesh)
   evaluator = evaluator_lib.Evaluator(
       eval_mode_apply(model.apply), mesh, [attack_specs.parse(f"pgd{config.eval.num_steps}")],
       evaluator_lib.training_settings(config.eval, unroll=unroll))
-  per_process_batch = config.train.batch_size // jax.process_count()
-  batches = input_pipeline.train_batches(
-      config.dataset.name, per_process_batch_size=per_process_batch, seed=config.seed,
-      start_step=position.batches_consumed, process_index=jax.process_index(),
-      process_count=jax.process_count(), **data_kwargs)
+  eval_data = pipeline.eval_data(config, split=config.eval.split,
+                                 num_examples=config.eval.num_examples)
 
   def run_evaluation(step: int) -> dict[str, Any]:
-    eval_batches = input_pipeline.eval_batches(
-        config.dataset.name, per_process_batch_size=config.eval.batch_size // jax.process_count(),
-        num_examples=config.eval.num_examples, process_index=jax.process_index(),
-        process_count=jax.process_count(), **data_kwargs)
-    result = evaluator({"natural": state.natural.variables, "robust": state.robust.variables},
-                       eval_batches, jax.random.fold_in(eval_rng, step))
-    return {"step": step, "num_examples": result.num_examples, "accuracy": result.accuracy}
+    variables = {name: model_state.variables
+                 for name, model_state in method.models(state).items()}
+    result = evaluator(variables, eval_data, jax.random.fold_in(eval_rng, step))
+    return {"step": step, "split": config.eval.split, "num_examples": result.num_examples,
+            "accuracy": result.accuracy}
 
   results_path = workdir_path / "results.json"
   results = {"config": config.to_dict(), "total_steps": total_steps, "evaluations": [],
@@ -169,8 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = run_start_step = position.step
   try:
     while step < total_steps:
-      batch = parallel.shard_host_batch(next(batches), mesh)
-      state, metrics = distributed_train_step(state, batch, train_rng)
+      state, metrics = distributed_train_step(state, train_data(step), train_rng)
       step += 1
       history.append(metrics)
       if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -201,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_chief:
       reporting.write_json(results_path, results)
       print("\n" + report.accuracy_table(final["accuracy"], eps=config.eval.eps), flush=True)
+      for line in study_report.comparison_lines(config.reference_study, config):
+        print(line, flush=True)
     return results
   finally:
     manager.wait_until_finished()

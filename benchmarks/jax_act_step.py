@@ -17,8 +17,8 @@ from jax.sharding import NamedSharding
 
 from act_jax import models, optimizers, parallel
 from act_jax.attacks import parts
+from act_jax.methods.act import ACTHyperparams, train_step
 from act_jax.train_state import create_act_state
-from act_jax.train_step import ACTHyperparams, train_step
 from benchmarks.workloads import Workload
 
 # Steps per epoch only place the recipe's learning-rate boundaries; they do not change the work.

@@ -5,8 +5,9 @@
 Each setting times the full ACT step (natural forward/backward, K-step PGD on the robust model,
 robust forward/backward, both SGD updates) on synthetic data already on the device: the first
 step apart (compilation), then the median of `--timed-steps` steps, each followed by a device
-synchronisation. JAX runs the training code path (`act_jax.train_step` under shard_map in jit);
-PyTorch runs `benchmarks/torch_act.py`, whose step a parity test ties to act_jax's.
+synchronisation. JAX runs the training code path (`act_jax.methods.act.train_step` under
+shard_map in jit); PyTorch runs `benchmarks/torch_act.py`, whose step a parity test ties to
+act_jax's.
 
 FLOPs are counted, not measured: model FLOPs per image = (6 + 2K) x F, with F one forward pass by
 XLA's cost analysis. Each model's training pass is forward + backward ~ 3 F; each attack step is
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from act_jax import optimizers
-from act_jax.train_step import ACTHyperparams
+from act_jax.methods.act import ACTHyperparams
 from benchmarks import jax_act_step, matmul_peak, reports
 from benchmarks.timing import Timing, time_calls
 from benchmarks.workloads import WORKLOADS, Workload

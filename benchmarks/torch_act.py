@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from act_jax.train_step import ACTHyperparams
+from act_jax.methods.act import ACTHyperparams
 
 ACT_INIT_STD = 0.001
 BN_EPS = 1e-5

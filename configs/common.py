@@ -9,13 +9,20 @@ from ml_collections import config_dict
 
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.method = "act"  # natural, pgd_at, trades or act (act_jax.methods)
   config.seed = 0
+  # A study of this recipe (python -m act_jax.study) whose numbers the final table is shown
+  # beside; empty for none.
+  config.reference_study = ""
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "fashion_mnist"
   config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; may be gs://...
   config.dataset.image_size = config_dict.placeholder(int)  # imagenet2012 only (default 224)
   config.dataset.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
+  # Hold out the last N training examples as a validation split (eval.split = "validation"),
+  # for tuning recipes without touching the test split; 0 trains on the whole training split.
+  config.dataset.validation_examples = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"
@@ -29,12 +36,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.act.robust_alpha = 0.9
   config.act.temperature = 4.0
 
-  # The training attack (ACT spec, step 2).
+  # TRADES (Zhang et al. 2019): the weight of the KL term; 6 is the paper's CIFAR setting.
+  config.trades = ml_collections.ConfigDict()
+  config.trades.beta = 6.0
+
+  # The training attack of every adversarial method (ACT spec, step 2, for ACT).
   config.attack = ml_collections.ConfigDict()
   config.attack.eps = 0.031
   config.attack.step_size = 0.007
   config.attack.num_steps = 10
-  config.attack.loss_reduction = "reference"  # or "mean"; see attacks/objectives.py
+  config.attack.loss_reduction = "reference"  # ACT only; or "mean", see attacks/objectives.py
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.1
@@ -43,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.warmup_epochs = 0.0  # linear warmup to the peak lr (large-batch runs)
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
-  config.optim.lr_decay_epochs = (60, 120, 160)
+  config.optim.schedule = "piecewise"  # or "cosine" (to 0 at the last step)
+  config.optim.lr_decay_epochs = (60, 120, 160)  # piecewise only
   config.optim.lr_decay_factor = 0.2
 
   config.train = ml_collections.ConfigDict()
@@ -61,5 +73,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.step_size = 0.003
   config.eval.num_steps = 20
   config.eval.batch_size = 256
-  config.eval.num_examples = config_dict.placeholder(int)  # None: the whole test split
+  config.eval.num_examples = config_dict.placeholder(int)  # None: the whole split
+  config.eval.split = "test"  # or "validation" (needs dataset.validation_examples > 0)
   return config

@@ -14,13 +14,14 @@ import ml_collections
 import numpy as np
 
 from act_jax import optimizers, parallel
-from act_jax.train_step import ACTHyperparams, train_step
+from act_jax.methods import act
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 HAS_REAL_FASHION_MNIST = os.path.exists(
     os.path.join(REAL_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
 NEEDS_REAL_FASHION_MNIST = "needs `apt-get install dataset-fashion-mnist` (.ci/run installs it)"
+BN_MOMENTUM = 0.9  # flax convention: new = 0.9 * old + 0.1 * batch statistic
 IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
@@ -78,14 +79,15 @@ def with_model(state, model):
                        robust=state.robust.replace(apply_fn=model.apply))
 
 
-def run_one_device_step(state, batch, rng, *, hp: ACTHyperparams,
-                        optim_config: ml_collections.ConfigDict, steps_per_epoch: int = 10):
-  """One ACT step through the training path (shard_map in jit on a one-device mesh).
+def run_one_device_step(state, batch, rng, *, hp, optim_config: ml_collections.ConfigDict,
+                        steps_per_epoch: int = 10, step_fn=act.train_step):
+  """One train step (ACT's unless `step_fn` says otherwise) through the training path:
+  shard_map in jit on a one-device mesh.
 
   The state is copied first, since the step donates it and callers keep comparing against it.
   """
   step = parallel.distribute_train_step(
-      functools.partial(train_step, hp=hp,
+      functools.partial(step_fn, hp=hp,
                         learning_rate_fn=optimizers.learning_rate_schedule(optim_config,
                                                                            steps_per_epoch)),
       parallel.make_mesh(jax.devices()[:1]))
@@ -102,3 +104,80 @@ def run_script_on_eight_devices(script: str):
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts", script)],
                           capture_output=True, text=True, env=environment, check=True)
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Parity with PyTorch: the same variables and batches in both frameworks.
+
+
+def random_variables(model, image_shape: tuple[int, int, int], seed: int):
+  """Random params and running statistics with the structure `model.init` gives.
+
+  Non-trivial running statistics make eval-mode (attack) and train-mode BN really differ, and
+  random BN scales matter since the ImageNet ResNet zero-initialises some. He-scaled kernels
+  keep activations of order one. (Compiling flax's initialisers would also take ~10 s on CPU.)
+  """
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          jnp.zeros((1, *image_shape)))
+  rng = np.random.default_rng(seed)
+
+  def sample(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      values = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+    elif name in ("scale", "var"):
+      values = rng.uniform(0.5, 1.5, leaf.shape)
+    else:  # bias, mean
+      values = rng.normal(0.0, 0.2, leaf.shape)
+    return jnp.asarray(values, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(sample, shapes)
+
+
+def to_numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def nchw(array):
+  """An NHWC array as an NCHW torch tensor (torch is imported only by the tests that use it)."""
+  import torch
+  return torch.from_numpy(np.array(np.asarray(array).transpose(0, 3, 1, 2)))
+
+
+def nhwc(tensor) -> np.ndarray:
+  return tensor.detach().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+def record_bn_sample_counts(model) -> dict[str, int]:
+  """Fills, per flax BN path, the values per channel (n) of the module's last train-mode pass."""
+  import torch
+  counts: dict[str, int] = {}
+
+  def hook(path, module, inputs, _):
+    if module.training:
+      counts[path] = inputs[0].numel() // inputs[0].shape[1]
+
+  for path, layer in model.flax_layout().items():
+    if isinstance(layer, torch.nn.BatchNorm2d):
+      layer.register_forward_hook(functools.partial(hook, path))
+  return counts
+
+
+def layer_stats(tree, path: str):
+  """The subtree of a flax-layout tree at a module path such as "BasicBlock_0/BatchNorm_1"."""
+  return functools.reduce(lambda subtree, name: subtree[name], path.split("/"), tree)
+
+
+def unbiased_running_var(old_var, flax_new_var, n: int, updates: int = 1):
+  """The running variance torch stores where flax stored `flax_new_var` from `old_var`.
+
+  With flax momentum m, one update stores m v + (1 - m) s^2 (biased batch variance s^2) in flax
+  and m v + (1 - m) s^2 n / (n - 1) in torch: the same update with its new term rescaled. After
+  `updates` train-mode passes of n values per channel each, what is carried over from `old_var`
+  is m^updates v, and everything added since is rescaled by n / (n - 1).
+  """
+  carried = BN_MOMENTUM**updates * old_var
+  return carried + (flax_new_var - carried) * n / (n - 1)
+
+
+def relative_difference(actual, expected) -> float:
+  return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-12)))

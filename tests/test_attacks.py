@@ -71,6 +71,23 @@ def test_one_act_attack_step_matches_numpy(problem, reduction):
   np.testing.assert_allclose(adversarial, expected, atol=1e-6)
 
 
+def test_one_trades_attack_step_matches_numpy(problem):
+  """TRADES' adversary: d/dlogits' of sum KL(softmax(f(x)) || softmax(f(x'))) is q' - p."""
+  images, labels, weights, bias, _ = problem
+  rng = keys(3)
+  eps, step_size = 0.1, 0.03
+  adversarial = attacks.trades_training_attack(linear_model(weights, bias), jnp.asarray(images),
+                                               rng, eps=eps, step_size=step_size, num_steps=1)
+  start = np.asarray(parts.gaussian_init(rng, jnp.asarray(images), 0.001))
+  batch = len(labels)
+  clean_probs = np_softmax(images.reshape(batch, -1).astype(np.float64) @ weights + bias)
+  adversarial_probs = np_softmax(start.reshape(batch, -1).astype(np.float64) @ weights + bias)
+  gradient = ((adversarial_probs - clean_probs) @ weights.T).reshape(start.shape)
+  stepped = start + step_size * np.sign(gradient)
+  expected = np.clip(np.clip(stepped, images - eps, images + eps), 0.0, 1.0)
+  np.testing.assert_allclose(adversarial, expected, atol=1e-6)
+
+
 def test_one_pgd_step_matches_numpy(problem):
   images, labels, weights, bias, _ = problem
   rng = keys(4)

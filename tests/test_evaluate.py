@@ -1,5 +1,6 @@
 """The evaluator: its command line end to end on a short run, and its bookkeeping."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from act_jax import parallel
 from act_jax.attacks import specs
+from act_jax.data import datasets, pipeline
 from act_jax.evaluate import cli, sanity
 from act_jax.evaluate.evaluator import Evaluator
 
@@ -85,13 +87,30 @@ def test_cli_rejects_a_bad_attack_name_naming_the_valid_ones(trained_workdir):
     ("eps", -0.1, "--eps=-0.1: must be >= 0"),
     ("restarts", 0, "--restarts=0: must be >= 1"),
     ("apgd_steps", 0, "--apgd-steps=0: must be >= 1"),
-    ("models", ("robust", "teacher"), "allowed: natural, robust"),
-    ("models", ("robust",), "transfer needs --models=natural,robust"),
 ])
 def test_bad_requests_name_the_flag(field, value, message):
   request = cli.EvaluationRequest(workdir="unused", **{field: value})
   with pytest.raises(cli.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
     cli._check(request)
+
+
+@pytest.mark.parametrize("models,attacks,message", [
+    (("robust", "teacher"), None, "this act run has natural, robust"),
+    (("robust",), "clean,transfer", "transfer needs two models"),
+])
+def test_requests_are_checked_against_the_run(trained_workdir, models, attacks, message):
+  from act_jax import api
+  request = cli.EvaluationRequest(workdir=trained_workdir, models=models, attacks=attacks)
+  parsed, _ = cli._check(request)
+  with pytest.raises(cli.UsageError, match=message):
+    cli._check_against_run(request, api.load_run(trained_workdir), parsed)
+
+
+def test_the_default_attacks_skip_transfer_for_one_model(trained_workdir):
+  from act_jax import api
+  request = cli.EvaluationRequest(workdir=trained_workdir, models=("robust",))
+  models, attacks = cli._check_against_run(request, api.load_run(trained_workdir), None)
+  assert models == ("robust",) and "transfer" not in [a.name for a in attacks]
 
 
 NUM_CLASSES = 4
@@ -114,13 +133,19 @@ def linear_problem():
   return images, labels, models
 
 
-def suite(names, linear_problem, eps=0.1):
+def eval_data(images, labels, batch_size=16, supports_subsets=True):
+  data = pipeline.in_memory_eval_data(datasets.Split(images, labels),
+                                      per_process_batch_size=batch_size)
+  return dataclasses.replace(data, supports_subsets=supports_subsets)
+
+
+def suite(names, linear_problem, eps=0.1, data=None):
   images, labels, models = linear_problem
   mesh = parallel.make_mesh(jax.devices()[:1])
-  batch = {"image": images, "label": labels, "mask": np.ones(len(labels), np.float32)}
-  settings = specs.AttackSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0)
+  settings = specs.AttackSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0, apgd_steps=5)
   evaluator = Evaluator(linear_apply, mesh, specs.parse_names(",".join(names)), settings)
-  result = evaluator(parallel.replicate(models, mesh), [batch], jax.random.PRNGKey(3))
+  result = evaluator(parallel.replicate(models, mesh), data or eval_data(images, labels),
+                     jax.random.PRNGKey(3))
   return result, settings
 
 
@@ -130,11 +155,11 @@ def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
   result, settings = suite(names, linear_problem)
   for name in models:
     logits_fn = functools.partial(linear_apply, models[name])
-    rng = jax.random.PRNGKey(3)  # batch 0, then attack i, as batch_counts derives them
+    rng = jax.random.PRNGKey(3)  # attack i, then the example's index, as the evaluator keys
     correct = np.array(jnp.argmax(logits_fn(images), -1) == labels)
     for attack_index, attack in enumerate(("fgsm", "pgd3")):
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(
-          jax.random.fold_in(rng, 0), attack_index), 0), jnp.arange(len(labels)))
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, attack_index),
+                                                     jnp.arange(len(labels)))
       adversarial = specs.parse(attack).build(settings)(logits_fn, images, labels, keys)
       survived = np.asarray(jnp.argmax(logits_fn(adversarial), -1) == labels)
       assert result.accuracy[name][attack] == pytest.approx(survived.mean())
@@ -146,8 +171,8 @@ def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
 def test_transfer_crafts_on_the_other_model_only(linear_problem):
   images, labels, models = linear_problem
   result, settings = suite(("transfer",), linear_problem)
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.fold_in(
-      jax.random.fold_in(jax.random.PRNGKey(3), 0), 0), 0), jnp.arange(len(labels)))
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.PRNGKey(3), 0),
+                                                 jnp.arange(len(labels)))
   for target, source in (("first", "second"), ("second", "first")):
     crafted = specs.parse("pgd20").build(settings)(
         functools.partial(linear_apply, models[source]), images, labels, keys)
@@ -157,6 +182,22 @@ def test_transfer_crafts_on_the_other_model_only(linear_problem):
   # A white-box attack on the target itself is stronger than the transferred one.
   for name in models:
     assert white_box.accuracy[name]["pgd20"] <= result.accuracy[name]["transfer"]
+
+
+def test_autoattack_cascade_gives_the_per_example_and_of_running_everything(linear_problem):
+  """AutoAttack's members attack only the still-robust examples, in smaller batches, and give
+  exactly the AND that running every member on every example gives (streamed data)."""
+  images, labels, _ = linear_problem
+  names = ("pgd3", "autoattack")
+  cascaded, _ = suite(names, linear_problem, eps=0.2, data=eval_data(images, labels, 4))
+  everything, _ = suite(names, linear_problem, eps=0.2,
+                        data=eval_data(images, labels, 4, supports_subsets=False))
+  assert cascaded.accuracy == everything.accuracy
+  for model in cascaded.accuracy:
+    assert everything.attacked[model]["apgd-t"] == len(labels)
+    assert cascaded.attacked[model]["apgd-ce"] == round(
+        cascaded.accuracy[model]["clean"] * len(labels))
+    assert cascaded.attacked[model]["apgd-t"] < cascaded.attacked[model]["apgd-ce"]
 
 
 def test_sanity_checks_flag_each_failure():

@@ -1,5 +1,6 @@
 """Parity of the ACT losses and the attack objective with an independent NumPy computation."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -74,3 +75,30 @@ def test_attack_objective_rejects_unknown_reduction():
   with pytest.raises(ValueError, match="reference, mean"):
     objectives.act_objective(lambda x: x, jnp.zeros(2, jnp.int32), jnp.zeros((2, 3)), alpha=0.5,
                              reduction="sum", global_batch_size=2)
+
+
+def test_trades_loss_matches_numpy_with_gradients_through_both_kl_arguments(batch):
+  """CE(f(x), y) + beta * mean KL(softmax(f(x)) || softmax(f(x'))), the KL not detached.
+
+  The gradient of the KL term with respect to the clean logits is checked against NumPy
+  central differences: it is non-zero, as in the official code's undetached softmax(f(x)).
+  """
+  adversarial, clean, labels = batch
+  beta = 6.0
+  expected = (np_cross_entropy_per_example(clean, labels).mean()
+              + beta * np_kl_per_example(adversarial, clean, 1.0).mean())
+  total, parts = losses.trades_loss(jnp.asarray(clean), jnp.asarray(adversarial),
+                                    jnp.asarray(labels), beta=beta)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  np.testing.assert_allclose(parts["kl"], np_kl_per_example(adversarial, clean, 1.0).mean(),
+                             rtol=1e-5)
+  kl_of_clean = lambda c: np_kl_per_example(adversarial, c, 1.0).mean()
+  step, numeric = 1e-5, np.zeros_like(clean)
+  for index in np.ndindex(clean.shape):
+    delta = np.zeros_like(clean)
+    delta[index] = step
+    numeric[index] = (kl_of_clean(clean + delta) - kl_of_clean(clean - delta)) / (2 * step)
+  analytic = jax.grad(lambda c: losses.trades_loss(
+      c, jnp.asarray(adversarial), jnp.asarray(labels), beta=1.0)[1]["kl"])(jnp.asarray(clean))
+  np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-6)
+  assert np.abs(numeric).max() > 1e-3

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from act_jax import models, optimizers
+from act_jax.methods.act import ACTHyperparams
 from act_jax.train_state import create_act_state
-from act_jax.train_step import ACTHyperparams
 
 from helpers import run_one_device_step, with_model
 

@@ -26,3 +26,10 @@ def test_eight_device_robustness_evaluation_equals_one_device():
   assert runs["8"]["accuracy"] == runs["1"]["accuracy"]
   robust = runs["1"]["accuracy"]["robust"]
   assert robust["worst_case"] < robust["clean"]  # the attacks did something
+
+
+def test_eight_devices_draw_the_same_augmented_batches_as_one():
+  """The in-memory pipeline gathers and augments on the devices, keyed by global position."""
+  differences = run_script_on_eight_devices("data_equivalence.py")
+  assert differences["num_devices"] == 8
+  assert differences["images"] == 0.0 and differences["labels"] == 0

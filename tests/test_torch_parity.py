@@ -15,10 +15,20 @@ import pytest
 
 from act_jax import attacks, models, optimizers, parallel
 from act_jax.attacks import parts
+from act_jax.methods.act import ACTHyperparams
 from act_jax.train_state import ACTState, ModelState, eval_mode_logits
-from act_jax.train_step import ACTHyperparams
 
-from helpers import run_one_device_step
+from helpers import (
+    layer_stats,
+    nchw,
+    nhwc,
+    random_variables,
+    record_bn_sample_counts,
+    relative_difference,
+    run_one_device_step,
+    to_numpy,
+    unbiased_running_var,
+)
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed: the parity checks against the PyTorch baseline "
@@ -34,7 +44,6 @@ IMAGE_SHAPE = (28, 28, 1)
 BATCH = 8
 NUM_CLASSES = 10
 WIDTH = 4
-BN_MOMENTUM = 0.9  # flax convention: new = 0.9 * old + 0.1 * batch statistic
 # x' may differ where a gradient component is ~0 and its sign flips between frameworks.
 MAX_DIFFERING_PIXEL_FRACTION = 1e-3
 
@@ -43,42 +52,6 @@ def optim_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, momentum=0.9,
                                         weight_decay=WEIGHT_DECAY, lr_decay_epochs=(1,),
                                         lr_decay_factor=0.2))
-
-
-def random_variables(model, image_shape: tuple[int, int, int], seed: int):
-  """Random params and running statistics with the structure `model.init` gives.
-
-  Non-trivial running statistics make eval-mode (attack) and train-mode BN really differ, and
-  random BN scales matter since the ImageNet ResNet zero-initialises some. He-scaled kernels
-  keep activations of order one. (Compiling flax's initialisers would also take ~10 s on CPU.)
-  """
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                          jnp.zeros((1, *image_shape)))
-  rng = np.random.default_rng(seed)
-
-  def sample(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      values = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-    elif name in ("scale", "var"):
-      values = rng.uniform(0.5, 1.5, leaf.shape)
-    else:  # bias, mean
-      values = rng.normal(0.0, 0.2, leaf.shape)
-    return jnp.asarray(values, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(sample, shapes)
-
-
-def to_numpy(tree):
-  return jax.tree.map(np.asarray, tree)
-
-
-def nchw(array) -> "torch.Tensor":
-  return torch.from_numpy(np.array(np.asarray(array).transpose(0, 3, 1, 2)))
-
-
-def nhwc(tensor: "torch.Tensor") -> np.ndarray:
-  return tensor.detach().cpu().numpy().transpose(0, 2, 3, 1)
 
 
 def jax_step(state, batch, rng):
@@ -109,20 +82,6 @@ def jax_noise_and_adversarial(state, batch, rng):
                          in_specs=(parallel.REPLICATED, parallel.SHARDED),
                          out_specs=(parallel.SHARDED, parallel.SHARDED), check_vma=False)
   return jax.jit(mapped)(state, batch)
-
-
-def record_bn_sample_counts(model: "torch.nn.Module") -> dict[str, int]:
-  """Fills, per flax BN path, the values per channel (n) of the module's last train-mode pass."""
-  counts: dict[str, int] = {}
-
-  def hook(path, module, inputs, _):
-    if module.training:
-      counts[path] = inputs[0].numel() // inputs[0].shape[1]
-
-  for path, layer in model.flax_layout().items():
-    if isinstance(layer, torch.nn.BatchNorm2d):
-      layer.register_forward_hook(functools.partial(hook, path))
-  return counts
 
 
 def torch_step(state, batch, noise):
@@ -164,25 +123,6 @@ def parity():
   return dict(old=old_state, new=to_numpy(new_state), metrics=to_numpy(metrics),
               jax_adversarial=np.asarray(jax_adversarial), trainer=trainer, output=output,
               counts=counts)
-
-
-def layer_stats(tree, path: str):
-  """The subtree of a flax-layout tree at a module path such as "BasicBlock_0/BatchNorm_1"."""
-  return functools.reduce(lambda subtree, name: subtree[name], path.split("/"), tree)
-
-
-def unbiased_running_var(old_var, flax_new_var, n: int):
-  """The running variance torch stores where flax stored `flax_new_var` from `old_var`.
-
-  With flax momentum m, flax stores m v + (1 - m) s^2 (biased batch variance s^2) and torch
-  m v + (1 - m) s^2 n / (n - 1): the same update with its new term rescaled.
-  """
-  carried = BN_MOMENTUM * old_var
-  return carried + (flax_new_var - carried) * n / (n - 1)
-
-
-def relative_difference(actual, expected) -> float:
-  return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-12)))
 
 
 def test_losses_agree(parity):

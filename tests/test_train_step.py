@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from act_jax import attacks, losses, models, optimizers
+from act_jax.methods.act import ACTHyperparams
 from act_jax.train_state import create_act_state, eval_mode_logits
-from act_jax.train_step import ACTHyperparams
 
 from helpers import assert_trees_close, run_one_device_step
 

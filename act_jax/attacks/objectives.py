@@ -183,3 +183,18 @@ def act_objective(logits_fn: LogitsFn, labels: jax.Array, natural_logits: jax.Ar
     return (1.0 - alpha) * ce_sum / global_batch_size + kl_weight * kl_sum
 
   return objective
+
+
+def trades_objective(logits_fn: LogitsFn,
+                     clean_logits: jax.Array) -> Callable[[jax.Array], jax.Array]:
+  """TRADES' inner maximisation: sum_batch KL(softmax(f(x)) || softmax(f(x'))) (Zhang et al.).
+
+  Summed over the batch, as the official code's `KLDivLoss(size_average=False)`; `clean_logits`
+  are f(x) from the same (eval-mode) model, a constant target.
+  """
+  clean_logits = jax.lax.stop_gradient(clean_logits)
+
+  def objective(images: jax.Array) -> jax.Array:
+    return losses.kl_divergence(logits_fn(images), clean_logits).sum()
+
+  return objective

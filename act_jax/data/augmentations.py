@@ -1,15 +1,15 @@
-"""Per-example tf.data preprocessing (ACT spec, "Training recipes"), seeded statelessly.
+"""ImageNet preprocessing for tf.data (ACT spec, "Training recipes"), seeded statelessly.
 
 Every random choice takes an explicit seed (a shape-[2] int64 tensor) that the caller derives
 from (run seed, process, epoch, position in the epoch), so an example is augmented the same way
 in a resumed run as in an uninterrupted one; no op here touches TensorFlow's global random state.
 No mean/std normalisation: the ACT release feeds raw [0, 1] pixels, and so do we.
-Imported only by `input_pipeline`, lazily (this module imports TensorFlow).
+Imported only by `tfds_pipeline`, lazily (this module imports TensorFlow). CIFAR's augmentation
+runs on the devices instead (`in_memory.cifar_augment`).
 """
 
 import tensorflow as tf
 
-CIFAR_PADDING = 4
 IMAGENET_CROP_SCALE = (0.08, 1.0)
 IMAGENET_CROP_RATIO = (3 / 4, 4 / 3)
 IMAGENET_RESIZE_RATIO = 256 / 224  # eval: resize the shorter side to 256 for a 224 crop
@@ -24,32 +24,6 @@ def _split_seed(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """Two independent seeds, so the crop and the flip are not correlated."""
   first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   return first, second
-
-
-def cifar_train(images: tf.Tensor, seed: tf.Tensor, *, first_row: int = 0,
-                global_batch_size: int | None = None) -> tf.Tensor:
-  """Reflect-pad 4, random crop back to the original size, random horizontal flip.
-
-  Works on a whole batch [b, H, W, C] at once (each image gets its own crop and flip, drawn
-  from the batch's seed): per-example tf.data maps are several times slower here. When `images`
-  are rows first_row..first_row+b of a global batch of `global_batch_size` (this process's part
-  of it), the crops and flips are drawn for the whole global batch and this part's rows kept,
-  so an image is augmented the same way however many processes share the batch.
-  """
-  crop_seed, flip_seed = _split_seed(seed)
-  batch, height, width = tf.unstack(tf.shape(images)[:3])
-  drawn = global_batch_size or batch
-  pad = [[0, 0], [CIFAR_PADDING, CIFAR_PADDING], [CIFAR_PADDING, CIFAR_PADDING], [0, 0]]
-  padded = tf.pad(images, pad, mode="REFLECT")
-  offsets = tf.random.stateless_uniform([drawn, 2], crop_seed, minval=0,
-                                        maxval=2 * CIFAR_PADDING + 1, dtype=tf.int32)
-  offsets = offsets[first_row:first_row + batch]
-  rows = offsets[:, :1] + tf.range(height)  # [b, H]: the rows each image keeps
-  columns = offsets[:, 1:] + tf.range(width)
-  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
-  cropped = tf.gather(cropped, columns, axis=2, batch_dims=1)
-  flip = (tf.random.stateless_uniform([drawn], flip_seed) < 0.5)[first_row:first_row + batch]
-  return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
 
 
 def imagenet_train(jpeg: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -9,6 +9,7 @@ ran), `DIR/robustness_eps_sweep.png`, and prints a table. Runs data-parallel ove
 """
 
 import dataclasses
+import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,19 +21,20 @@ from etils import epath
 
 from act_jax import api, distributed, parallel, reporting
 from act_jax.attacks import specs as attack_specs
+from act_jax.data import pipeline
 from act_jax.evaluate import evaluator as evaluator_lib
 from act_jax.evaluate import report, sanity
 from act_jax.train_state import eval_mode_apply
 
 DEFAULT_ATTACKS = "clean,pgd20,pgd100,apgd-ce,apgd-t,autoattack,transfer"
 DEFAULT_SWEEP_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
-MODEL_NAMES = ("natural", "robust")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "An act_jax training workdir (config.json and checkpoints).",
                     required=True)
-flags.DEFINE_string("attacks", DEFAULT_ATTACKS,
-                    "Comma-separated attacks: " + attack_specs.valid_names_message() + ".")
+flags.DEFINE_string("attacks", None,
+                    "Comma-separated attacks: " + attack_specs.valid_names_message() + " (default: "
+                    f"{DEFAULT_ATTACKS}; transfer only for runs with two models).")
 flags.DEFINE_float("eps", None, "L-inf radius (default: the run's config.eval.eps).")
 flags.DEFINE_float("eps-l2", 1.0, "L2 radius for the pgd<K>-l2 attacks.")
 flags.DEFINE_float("pgd-travel", None,
@@ -41,7 +43,9 @@ flags.DEFINE_float("pgd-travel", None,
 flags.DEFINE_integer("apgd-steps", attack_specs.APGD_STEPS,
                      "Iterations of APGD-CE/DLR and of APGD-T per target (AutoAttack: 100).")
 flags.DEFINE_integer("restarts", 1, "Random restarts of PGD and APGD (per-example worst case).")
-flags.DEFINE_integer("num-examples", None, "Evaluate the first N test examples (default: all).")
+flags.DEFINE_integer("num-examples", None, "Evaluate the first N examples (default: all).")
+flags.DEFINE_enum("split", "test", ("test", "validation"),
+                  "test, or the run's validation hold-out (dataset.validation_examples).")
 flags.DEFINE_integer("batch-size", None, "Global batch size (default: the run's eval batch).")
 flags.DEFINE_list("eps-sweep", None,
                   "L-inf radii for the accuracy-vs-eps curve (default: 0, 0.25, 0.5, 1, 1.5 and 2 "
@@ -50,7 +54,9 @@ flags.DEFINE_string("sweep-attack", "pgd20", "The attack run at every eps of the
 flags.DEFINE_float("large-eps", 1.0, "Radius of the gradient-masking check (1.0: unbounded).")
 flags.DEFINE_float("large-eps-max-accuracy", 0.05,
                    "Accuracy at --large-eps above which a gradient-masking warning is raised.")
-flags.DEFINE_list("models", list(MODEL_NAMES), "Which of the run's models to evaluate.")
+flags.DEFINE_list("models", None,
+                  "Which of the run's models to evaluate (default: all: natural and robust for "
+                  "ACT, the one model of the other methods).")
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the newest).")
 flags.DEFINE_string("output", None, "Results JSON (default: WORKDIR/robustness.json).")
 flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts and targets.")
@@ -66,19 +72,20 @@ class UsageError(ValueError):
 class EvaluationRequest:
   """Everything `evaluate_run` needs; None fields take the run's defaults."""
   workdir: str
-  attacks: str = DEFAULT_ATTACKS
+  attacks: str | None = None
   eps: float | None = None
   eps_l2: float = 1.0
   pgd_travel: float | None = None
   restarts: int = 1
   apgd_steps: int = attack_specs.APGD_STEPS
   num_examples: int | None = None
+  split: str = "test"
   batch_size: int | None = None
   eps_sweep: Sequence[float] | None = None
   sweep_attack: str = "pgd20"
   large_eps: float = 1.0
   large_eps_max_accuracy: float = 0.05
-  models: Sequence[str] = MODEL_NAMES
+  models: Sequence[str] | None = None
   step: int | None = None
   output: str | None = None
   seed: int = 0
@@ -86,11 +93,14 @@ class EvaluationRequest:
 
 
 def _check(request: EvaluationRequest
-           ) -> tuple[tuple[attack_specs.AttackSpec, ...], attack_specs.AttackSpec]:
-  try:
-    attacks = attack_specs.parse_names(request.attacks)
-  except ValueError as error:
-    raise UsageError(f"--attacks={request.attacks}: {error}") from None
+           ) -> tuple[tuple[attack_specs.AttackSpec, ...] | None, attack_specs.AttackSpec]:
+  """The checks that need no run; the attacks are None when the run's default applies."""
+  attacks = None
+  if request.attacks is not None:
+    try:
+      attacks = attack_specs.parse_names(request.attacks)
+    except ValueError as error:
+      raise UsageError(f"--attacks={request.attacks}: {error}") from None
   try:
     sweep_attack = attack_specs.parse(request.sweep_attack)
   except ValueError as error:
@@ -109,27 +119,45 @@ def _check(request: EvaluationRequest
                       ("--batch-size", request.batch_size)):
     if value is not None and value < 1:
       raise UsageError(f"{flag}={value}: must be >= 1")
-  unknown = [m for m in request.models if m not in MODEL_NAMES]
-  if unknown or not request.models:
-    raise UsageError(f"--models={','.join(request.models)}: allowed: {', '.join(MODEL_NAMES)}")
-  if any(a.kind == "transfer" for a in attacks) and len(set(request.models)) < 2:
-    raise UsageError("--attacks=...transfer needs --models=natural,robust (it crafts on one "
-                     "model and measures the other)")
   return attacks, sweep_attack
 
 
-def _progress_bar(total: int, description: str, enabled: bool):
+def _check_against_run(request: EvaluationRequest, run: api.TrainedRun,
+                       attacks: tuple[attack_specs.AttackSpec, ...] | None
+                       ) -> tuple[tuple[str, ...], tuple[attack_specs.AttackSpec, ...]]:
+  """The models to evaluate and the attacks to run, checked against what the run holds."""
+  available = run.method.model_names
+  models = tuple(dict.fromkeys(request.models or available))
+  unknown = [m for m in models if m not in available]
+  if unknown or not models:
+    raise UsageError(f"--models={','.join(models)}: this {run.method.name} run has "
+                     f"{', '.join(available)}")
+  if attacks is None:
+    attacks = tuple(a for a in attack_specs.parse_names(DEFAULT_ATTACKS)
+                    if a.kind != "transfer" or len(models) > 1)
+  if any(a.kind == "transfer" for a in attacks) and len(models) < 2:
+    raise UsageError("--attacks=...transfer needs two models, --models=natural,robust of an "
+                     "ACT run (it crafts on one model and measures the other)")
+  return models, attacks
+
+
+def progress_bars(enabled: bool) -> evaluator_lib.ProgressFactory:
+  """tqdm bars (img/s and ETA) for the evaluator's passes, on process 0 only."""
   import tqdm
-  return tqdm.tqdm(total=total, desc=description, unit="img", dynamic_ncols=True,
-                   file=sys.stdout, disable=not enabled, mininterval=1.0)
+
+  def factory(description: str, total: int):
+    return tqdm.tqdm(total=total, desc=description, unit="img", dynamic_ncols=True,
+                     file=sys.stdout, disable=not enabled, mininterval=1.0)
+
+  return factory
 
 
 def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   """Evaluates the run in `request.workdir`; returns (and writes) the results."""
-  from act_jax.data import input_pipeline  # TF is heavy
   attacks, sweep_attack = _check(request)
   mesh = parallel.make_mesh()
   run = api.load_run(request.workdir, step=request.step, devices=list(mesh.devices.flat))
+  models, attacks = _check_against_run(request, run, attacks)
   config = run.config
   eps = config.eval.eps if request.eps is None else request.eps
   travel = request.pgd_travel
@@ -144,27 +172,22 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   if batch_size % mesh.size or batch_size % jax.process_count():
     raise UsageError(f"--batch-size={batch_size}: must be divisible by the number of devices "
                      f"({mesh.size}) and processes ({jax.process_count()})")
-  models = tuple(dict.fromkeys(request.models))
-  variables = {m: getattr(run.state, m).variables for m in models}
+  variables = {m: run.models[m].variables for m in models}
   apply_fn = eval_mode_apply(run.model.apply)
-  total = min(request.num_examples or run.info.num_test, run.info.num_test)
   is_chief = jax.process_index() == 0
   rng = jax.random.PRNGKey(request.seed)
+  try:
+    data = pipeline.eval_data(config, split=request.split, num_examples=request.num_examples,
+                              batch_size=batch_size)
+  except ValueError as error:
+    raise UsageError(f"--split={request.split}: {error}") from None
+  progress = progress_bars(request.show_progress and is_chief)
 
-  def batches():
-    return input_pipeline.eval_batches(
-        config.dataset.name, per_process_batch_size=batch_size // jax.process_count(),
-        num_examples=request.num_examples, data_dir=config.dataset.data_dir,
-        image_size=config.dataset.image_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), fashion_mnist_dir=config.dataset.fashion_mnist_dir)
-
-  def run_suite(suite_attacks, suite_settings, description):
+  def run_suite(suite_attacks, suite_settings):
     evaluator = evaluator_lib.Evaluator(apply_fn, mesh, suite_attacks, suite_settings)
-    with _progress_bar(total, description, request.show_progress and is_chief) as bar:
-      return evaluator(variables, batches(), rng,
-                       on_batch=lambda n: bar.update(min(n, total - bar.n)))
+    return evaluator(variables, data, rng, progress=progress)
 
-  main = run_suite(attacks, settings, "attacks")
+  main = run_suite(attacks, settings)
   sweep_eps = (sorted(set(request.eps_sweep)) if request.eps_sweep is not None
                else sorted({m * eps for m in DEFAULT_SWEEP_MULTIPLES}))
   sweep = None
@@ -172,12 +195,10 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
     sweep = {"attack": sweep_attack.name, "eps": sweep_eps,
              "accuracy": {m: [] for m in models}}
     for value in sweep_eps:
-      result = run_suite((sweep_attack,), dataclasses.replace(settings, eps=value),
-                         f"{sweep_attack.name} at eps={value:.4g}")
+      result = run_suite((sweep_attack,), dataclasses.replace(settings, eps=value))
       for m in models:
         sweep["accuracy"][m].append(result.accuracy[m][sweep_attack.name])
-  large = run_suite((sweep_attack,), dataclasses.replace(settings, eps=request.large_eps),
-                    f"{sweep_attack.name} at eps={request.large_eps:.4g}")
+  large = run_suite((sweep_attack,), dataclasses.replace(settings, eps=request.large_eps))
   large_eps = {"attack": sweep_attack.name, "eps": request.large_eps,
                "max_accuracy": request.large_eps_max_accuracy,
                "accuracy": {m: large.accuracy[m][sweep_attack.name] for m in models}}
@@ -185,8 +206,9 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   output = epath.Path(request.output or epath.Path(request.workdir) / "robustness.json")
   plot = output.with_name(output.stem + "_eps_sweep.png") if sweep else None
   results = {
-      "workdir": str(request.workdir), "checkpoint_step": run.step,
-      "num_examples": main.num_examples, "eps": eps, "eps_l2": request.eps_l2,
+      "workdir": str(request.workdir), "method": run.method.name,
+      "checkpoint_step": run.step, "split": request.split, "num_examples": main.num_examples,
+      "examples_attacked": main.attacked, "eps": eps, "eps_l2": request.eps_l2,
       "pgd_travel": travel, "restarts": request.restarts, "apgd_steps": request.apgd_steps,
       "seed": request.seed,
       "attacks": {spec.name: spec.describe(settings) for spec in attacks},
@@ -202,7 +224,8 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
     if plot:
       report.plot_eps_sweep(sweep, plot, eps=eps)
     print("\n" + report.accuracy_table(main.accuracy, eps=eps), flush=True)
-    print(f"\n{main.num_examples} test examples, checkpoint step {run.step}; results in {output}"
+    print(f"\n{main.num_examples} {request.split} examples, checkpoint step {run.step}; "
+          f"results in {output}"
           + (f", curve in {plot}" if plot else ""), flush=True)
     for check in failed:
       message = f"sanity check failed for {check.model}: {check.check}: {check.detail}"
@@ -215,19 +238,29 @@ def _flag(name: str):
   return FLAGS[name].value
 
 
+def _run_eval_batch_size() -> int:
+  """The run's `eval.batch_size`, read before JAX starts (1 where the workdir has none)."""
+  config_path = epath.Path(_flag("workdir")) / "config.json"
+  if not config_path.exists():
+    return 1
+  return int(json.loads(config_path.read_text())["eval"]["batch_size"])
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS["verbosity"].present == 0:  # orbax warns that the read-only checkpoint is read-only
     logging.set_verbosity(logging.ERROR)
-  distributed.initialize(_flag("distributed"))
+  if not distributed.initialize(_flag("distributed")):
+    parallel.use_one_cpu_device_per_core([_flag("batch-size") or _run_eval_batch_size()])
   sweep = _flag("eps-sweep")
   try:
     request = EvaluationRequest(
         workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
         eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
         apgd_steps=_flag("apgd-steps"),
-        num_examples=_flag("num-examples"), batch_size=_flag("batch-size"),
+        num_examples=_flag("num-examples"), split=_flag("split"),
+        batch_size=_flag("batch-size"),
         eps_sweep=None if sweep is None else [float(v) for v in sweep],
         sweep_attack=_flag("sweep-attack"), large_eps=_flag("large-eps"),
         large_eps_max_accuracy=_flag("large-eps-max-accuracy"), models=_flag("models"),

@@ -1,15 +1,20 @@
 """The evaluator: accuracy of classifiers under attacks, per example, data-parallel over the mesh.
 
 One evaluator, two callers: the training loop runs it for its periodic and final PGD-K, and
-`python -m act_jax.evaluate` runs it for a whole suite. A classifier is `apply_fn(variables,
-images) -> logits` in eval mode with its own variables, so the models of any run (and any other
-JAX classifier) are evaluated alike. Each attack is one compiled per-device function
-(`jax.shard_map` inside `jax.jit`, as training runs) that attacks its shard and returns per-example
-correctness;
-the per-example ANDs and the global counts are computed on the device arrays, so the host only
-divides at the end.
+`python -m act_jax.evaluate` (and the study) runs it for a whole suite. A classifier is
+`apply_fn(variables, images) -> logits` in eval mode with its own variables, so the models of
+any run (and any other JAX classifier) are evaluated alike. Each attack is one compiled
+per-device function (`jax.shard_map` inside `jax.jit`, as training runs) that attacks its shard
+and returns per-example correctness; the host keeps one boolean per example and attack.
+
+Composites ("autoattack") run as AutoAttack does: each member attacks only the examples that
+are still classified correctly (on clean inputs and under the members before it), which gives
+the same per-example AND at a fraction of the cost. That needs data that can serve any subset
+of its examples (the in-memory datasets); streamed data (ImageNet) runs every member on every
+example instead, with the same result.
 """
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
@@ -22,16 +27,25 @@ from jax.sharding import Mesh
 
 from act_jax import parallel
 from act_jax.attacks import specs as attack_specs
+from act_jax.data.pipeline import EvalData
 from act_jax.train_state import ApplyFn
 
 WORST_CASE = "worst_case"
+CLEAN = attack_specs.parse("clean")
+# (description, number of examples) -> a context manager whose value has `update(n)`.
+ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-  """Accuracy (fraction of real examples) per model and attack, and how many examples."""
+  """Accuracy (fraction of the evaluated examples) per model and attack.
+
+  `attacked[model][attack]` counts the examples each attack ran on: all of them, except for
+  the members of a composite, which attack only the examples still correct.
+  """
   accuracy: dict[str, dict[str, float]]
   num_examples: int
+  attacked: dict[str, dict[str, int]]
 
 
 def attack_correctness(target: Any, source: Any, key: jax.Array, batch: Mapping[str, jax.Array],
@@ -41,8 +55,8 @@ def attack_correctness(target: Any, source: Any, key: jax.Array, batch: Mapping[
 
   "clean" runs no attack; "transfer" crafts on `source` only, so nothing of the target can
   enter the crafting (a black-box attack); any other spec is a single white-box attack on the
-  target. `key` seeds the attack's per-example keys (by global example index, so the result
-  does not depend on how the batch is sharded).
+  target. Each example's attack key is `key` folded with its index in the split, so results do
+  not depend on how examples are batched or sharded.
   """
   images, labels = batch["image"], batch["label"]
   logits_fn = functools.partial(apply_fn, target)
@@ -51,25 +65,28 @@ def attack_correctness(target: Any, source: Any, key: jax.Array, batch: Mapping[
   else:
     crafted_on = functools.partial(apply_fn, source) if spec.kind == "transfer" else logits_fn
     adversarial = spec.build(settings)(crafted_on, images, labels,
-                                       parallel.example_rngs(key, 0, images.shape[0]))
+                                       parallel.keys_by_index(key, batch["index"]))
   return jnp.argmax(logits_fn(adversarial), axis=-1) == labels
 
 
-@jax.jit
-def _tally(correct: dict[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
-  """Global counts of correct real examples per entry of `correct`, and of real examples."""
-  return {name: jnp.sum(value * mask) for name, value in correct.items()} | {
-      "count": jnp.sum(mask)}
+class _Silent:
+  def update(self, count: int) -> None:
+    del count
+
+
+def _no_progress(description: str, total: int) -> contextlib.AbstractContextManager:
+  del description, total
+  return contextlib.nullcontext(_Silent())
 
 
 class Evaluator:
-  """Runs a fixed list of attacks on every batch for every model it is given.
+  """Runs a fixed list of attacks for every model it is given.
 
   Reported per model: "clean", every requested name, and with more than one attack
   "worst_case": the examples that survive every requested attack and are correct on clean
   inputs (the per-example AND, as AutoAttack reports robust accuracy). A composite
-  ("autoattack") is the AND of its members.
-  "transfer" for one model is crafted on the next model given (cyclically).
+  ("autoattack") is the AND of clean and its members. "transfer" for one model is crafted on
+  the next model given (cyclically).
   """
 
   def __init__(self, apply_fn: ApplyFn, mesh: Mesh, attacks: Iterable[attack_specs.AttackSpec],
@@ -84,8 +101,10 @@ class Evaluator:
         member_spec = attack_specs.parse(member)
         if member_spec.is_white_box and member_spec not in members:
           members.append(member_spec)
-    # Attack i of the white-box members is seeded with fold_in(rng, i), transfer with the next.
     self._members = tuple(members)
+    # White-box attack i is keyed fold_in(rng, i), transfer with the next index.
+    self._key_index = {spec.name: index for index, spec in enumerate(members)}
+    self._key_index["transfer"] = len(members)
     self._compiled: dict[str, Callable] = {}
 
   @property
@@ -111,61 +130,85 @@ class Evaluator:
                             settings=self.settings), self._mesh, num_replicated=3)
     return self._compiled[spec.name]
 
-  def batch_counts(self, variables: Mapping[str, Any], batch: Mapping[str, jax.Array],
-                   rng: jax.Array) -> dict[str, jax.Array]:
-    """How many real examples of one global batch each model gets right under each attack.
+  def _run(self, runs: list[tuple[str, str, attack_specs.AttackSpec]],
+           variables: Mapping[str, Any], data: EvalData, indices: np.ndarray | None,
+           rng: jax.Array, correct: dict[str, dict[str, np.ndarray]],
+           bar: Any) -> None:
+    """One pass over `indices` (default: all) running every (model, name, spec) of `runs`.
 
-    Keys: "count", and "<model>/<name>" for every name in `self.names`.
+    Fills `correct[model][name][position]` for the examples of the pass; positions are
+    indices into `data.example_indices`.
     """
     model_names = tuple(variables)
-    keys = {spec.name: jax.random.fold_in(rng, index) for index, spec in enumerate(self._members)}
-    keys["transfer"] = jax.random.fold_in(rng, len(self._members))
-    keys["clean"] = rng
-    runs = (attack_specs.parse("clean"), *self._members,
-            *(s for s in self.attacks if s.kind == "transfer"))
-    correct = {}
-    for model_index, model_name in enumerate(model_names):
-      source = variables[model_names[(model_index + 1) % len(model_names)]]
-      per_attack = {spec.name: self._correctness_fn(spec)(variables[model_name], source,
-                                                          keys[spec.name], batch)
-                    for spec in runs}
-      for spec in self.attacks:
-        if spec.kind == "composite":
-          per_attack[spec.name] = functools.reduce(jnp.logical_and,
-                                                   [per_attack[m] for m in spec.members])
-      if WORST_CASE in self.names:
-        per_attack[WORST_CASE] = functools.reduce(
-            jnp.logical_and, [per_attack["clean"]] + [per_attack[s.name] for s in self.attacks])
-      for name in self.names:
-        correct[f"{model_name}/{name}"] = per_attack[name]
-    return _tally(correct, batch["mask"])
+    position_of = {int(index): position for position, index in enumerate(data.example_indices)}
+    for batch in data.batches(indices):
+      sharded = parallel.shard_host_batch(dict(batch), self._mesh)
+      outputs = {}
+      for model, name, spec in runs:
+        source = variables[model_names[(model_names.index(model) + 1) % len(model_names)]]
+        key = jax.random.fold_in(rng, self._key_index.get(spec.name, 0))
+        outputs[(model, name)] = self._correctness_fn(spec)(variables[model], source, key,
+                                                            sharded)
+      fetched = parallel.fetch_sharded({"outputs": outputs, "mask": sharded["mask"],
+                                        "index": sharded["index"]})
+      real = fetched["mask"] > 0
+      positions = np.array([position_of[int(i)] for i in fetched["index"][real]], np.int64)
+      for (model, name), value in fetched["outputs"].items():
+        correct[model][name][positions] = value[real]
+      bar.update(int(real.sum()))
 
-  def __call__(self, variables: Mapping[str, Any], batches: Iterable[Mapping[str, np.ndarray]],
-               rng: jax.Array, *, on_batch: Callable[[int], None] | None = None) -> EvalResult:
-    """Evaluates every model of `variables` (name -> variables, replicated over the mesh).
-
-    `batches` are this process's rows of each global batch with a float "mask" (0 for
-    padding), as the input pipeline's `eval_batches` yields them; `on_batch(real examples)`
-    reports progress after each batch.
-    """
+  def __call__(self, variables: Mapping[str, Any], data: EvalData, rng: jax.Array, *,
+               progress: ProgressFactory = _no_progress) -> EvalResult:
+    """Evaluates every model of `variables` (name -> variables, replicated over the mesh)."""
     if any(s.kind == "transfer" for s in self.attacks) and len(variables) < 2:
       raise ValueError("the transfer attack needs a second model to craft on; evaluate two "
                        "models")
-    sums = None
-    for batch_index, batch in enumerate(batches):
-      counts = self.batch_counts(variables, parallel.shard_host_batch(dict(batch), self._mesh),
-                                 jax.random.fold_in(rng, batch_index))
-      sums = counts if sums is None else jax.tree.map(jnp.add, sums, counts)
-      if on_batch is not None:  # after the batch is done, not dispatched, so rates are real
-        jax.block_until_ready(counts)
-        on_batch(int(np.sum(batch["mask"])) * jax.process_count())
-    if sums is None:
-      raise ValueError("the evaluation split yielded no batches")
-    sums = parallel.fetch_replicated(sums)
-    count = float(sums["count"])
-    accuracy = {model: {name: float(sums[f"{model}/{name}"]) / count for name in self.names}
-                for model in variables}
-    return EvalResult(accuracy=accuracy, num_examples=int(count))
+    cascade = data.supports_subsets
+    composites = [s for s in self.attacks if s.kind == "composite"]
+    cascaded = {m for s in composites for m in s.members} if cascade else set()
+    standalone = [s for s in self.attacks if s.kind not in ("clean", "composite")]
+    first_pass = list(dict.fromkeys([CLEAN, *standalone, *(
+        m for m in self._members if m.name not in cascaded and m not in standalone)]))
+    n = data.num_examples
+    correct = {model: {} for model in variables}
+    attacked = {model: {} for model in variables}
+    for model in variables:
+      for spec in first_pass:
+        correct[model][spec.name] = np.zeros(n, bool)
+        attacked[model][spec.name] = n
+    with progress("clean and " + ", ".join(s.name for s in first_pass[1:]) if first_pass[1:]
+                  else "clean", n) as bar:
+      self._run([(model, spec.name, spec) for model in variables for spec in first_pass],
+                variables, data, None, rng, correct, bar)
+
+    for composite in composites:
+      for model in variables:
+        alive = correct[model]["clean"].copy()
+        for member in composite.members:
+          if member in correct[model]:  # ran on every example already
+            alive &= correct[model][member]
+            continue
+          survivors = np.flatnonzero(alive)
+          result = np.zeros(n, bool)
+          key = f"{composite.name}:{member}"
+          correct[model][key] = result
+          attacked[model][member] = len(survivors)
+          if len(survivors):
+            with progress(f"{model}: {member} on {len(survivors)} still-robust examples",
+                          len(survivors)) as bar:
+              self._run([(model, key, attack_specs.parse(member))], variables, data,
+                        data.example_indices[survivors], rng, correct, bar)
+          alive &= result
+        correct[model][composite.name] = alive
+
+    accuracy = {}
+    for model in variables:
+      if WORST_CASE in self.names:
+        correct[model][WORST_CASE] = functools.reduce(
+            np.logical_and, [correct[model]["clean"]]
+            + [correct[model][s.name] for s in self.attacks])
+      accuracy[model] = {name: float(np.mean(correct[model][name])) for name in self.names}
+    return EvalResult(accuracy=accuracy, num_examples=n, attacked=attacked)
 
 
 def training_settings(eval_config: Any, *, unroll: bool) -> attack_specs.AttackSettings:

@@ -13,6 +13,7 @@ import numpy as np
 
 from act_jax import parallel
 from act_jax.attacks import specs
+from act_jax.data import datasets, pipeline
 from act_jax.evaluate.evaluator import Evaluator
 
 NAMES = ("clean", "fgsm", "pgd5", "pgd5-l2", "apgd-ce", "apgd-t", "autoattack", "transfer")
@@ -28,19 +29,19 @@ def main():
   models = {name: {"w1": jnp.asarray(data.normal(size=(16, 8)), jnp.float32),
                    "w2": jnp.asarray(data.normal(size=(8, 5)), jnp.float32)}
             for name in ("natural", "robust")}
-  images = data.uniform(size=(32, 4, 4, 1)).astype(np.float32)
-  labels = data.integers(0, 5, 32).astype(np.int32)
-  mask = np.ones(32, np.float32)
-  mask[-3:] = 0.0  # padding, as the last eval batch has
-  batches = [{"image": images[i:i + 16], "label": labels[i:i + 16], "mask": mask[i:i + 16]}
-             for i in (0, 16)]
+  # 29 examples in batches of 16: the last batch is padded, as evaluation batches are.
+  split = datasets.Split(data.uniform(size=(29, 4, 4, 1)).astype(np.float32),
+                         data.integers(0, 5, 29).astype(np.int32))
   settings = specs.AttackSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5, apgd_steps=10)
   results = {}
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.make_mesh(devices)
     evaluator = Evaluator(apply_fn, mesh, specs.parse_names(",".join(NAMES)), settings)
-    result = evaluator(parallel.replicate(models, mesh), batches, jax.random.PRNGKey(0))
-    results[len(devices)] = {"accuracy": result.accuracy, "num_examples": result.num_examples}
+    result = evaluator(parallel.replicate(models, mesh),
+                       pipeline.in_memory_eval_data(split, per_process_batch_size=16),
+                       jax.random.PRNGKey(0))
+    results[len(devices)] = {"accuracy": result.accuracy, "num_examples": result.num_examples,
+                             "attacked": result.attacked}
   json.dump({str(k): v for k, v in results.items()}, sys.stdout)
 
 

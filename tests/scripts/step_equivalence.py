@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from act_jax import models, optimizers, parallel
+from act_jax.methods.act import ACTHyperparams, train_step
 from act_jax.train_state import create_act_state
-from act_jax.train_step import ACTHyperparams, train_step
 
 from helpers import with_model
 

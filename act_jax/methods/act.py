@@ -1,24 +1,30 @@
-"""The per-device ACT train step (ACT spec, "One training step").
+"""ACT (Arani, Sarfraz and Zonooz, BMVC 2020): two models trained concurrently (ACT spec).
 
-The step is written for one device holding a shard of the global batch. It knows a single
-named axis, `parallel.DATA_AXIS`, over which it averages gradients and metrics; BatchNorm may
-also reduce over it. `parallel` runs it under `jax.shard_map` on a device mesh, also when there
-is one device.
+The natural model G learns on clean images and the robust model F on adversarial ones; each
+learns from the labels and from the other's temperature-softened predictions.
 """
 
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
 from act_jax import attacks, losses
-from act_jax.parallel import DATA_AXIS, example_rngs
-from act_jax.train_state import ACTState, eval_mode_logits
+from act_jax.methods.common import (
+  Batch,
+  Metrics,
+  global_batch_size,
+  step_metrics,
+  synced_update,
+  train_mode_logits,
+)
+from act_jax.parallel import example_rngs
+from act_jax.train_state import ACTState, create_act_state, eval_mode_logits
 
-Batch = dict[str, jax.Array]
-Metrics = dict[str, jax.Array]
+MODEL_NAMES = ("natural", "robust")
+CONFIG_FIELDS = ("act.natural_alpha", "act.robust_alpha", "act.temperature",
+                 "attack.loss_reduction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,33 +61,25 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperpar
   2. x' by the ACT attack on F in eval mode (running statistics, nothing updated).
   3. F(x') in train mode, L_F and its gradient; the natural logits enter only as a constant target.
   4. L_G from the natural logits and the (constant) adversarial logits, pulled back through G's VJP.
-  5. Gradients averaged over `DATA_AXIS`, then each model takes its own optax update.
+  5. Gradients averaged over the data axis, then each model takes its own optax update.
   """
   images, labels = batch["image"], batch["label"]
-  global_batch_size = images.shape[0] * jax.lax.axis_size(DATA_AXIS)
   natural, robust = state.natural, state.robust
-
-  def natural_forward(params):
-    logits, mutated = natural.apply_fn({"params": params, "batch_stats": natural.batch_stats},
-                                       images, train=True, mutable=["batch_stats"])
-    return logits, mutated["batch_stats"]
-
-  natural_logits, natural_vjp, natural_batch_stats = jax.vjp(natural_forward, natural.params,
-                                                             has_aux=True)
+  natural_logits, natural_vjp, natural_batch_stats = jax.vjp(
+      lambda params: train_mode_logits(natural, params, images), natural.params, has_aux=True)
   natural_logits_target = jax.lax.stop_gradient(natural_logits)
 
   adversarial_images = attacks.act_training_attack(
       eval_mode_logits(robust), images, labels, natural_logits_target,
       example_rngs(rng, state.step, images.shape[0]), eps=hp.eps, step_size=hp.step_size,
       num_steps=hp.num_steps, alpha=hp.robust_alpha, reduction=hp.attack_loss_reduction,
-      global_batch_size=global_batch_size, unroll=hp.unroll_attack)
+      global_batch_size=global_batch_size(images), unroll=hp.unroll_attack)
 
   def robust_loss_fn(params):
-    logits, mutated = robust.apply_fn({"params": params, "batch_stats": robust.batch_stats},
-                                      adversarial_images, train=True, mutable=["batch_stats"])
+    logits, batch_stats = train_mode_logits(robust, params, adversarial_images)
     loss, metrics = losses.act_model_loss(logits, natural_logits_target, labels,
                                           alpha=hp.robust_alpha, temperature=hp.temperature)
-    return loss, (logits, mutated["batch_stats"], metrics)
+    return loss, (logits, batch_stats, metrics)
 
   (_, (adversarial_logits, robust_batch_stats, robust_metrics)), robust_grads = (
       jax.value_and_grad(robust_loss_fn, has_aux=True)(robust.params))
@@ -93,15 +91,14 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperpar
   (_, natural_metrics), natural_logits_grad = jax.value_and_grad(
       natural_loss_fn, has_aux=True)(natural_logits)
   (natural_grads,) = natural_vjp(natural_logits_grad)
+  new_state = ACTState(natural=synced_update(natural, natural_grads, natural_batch_stats),
+                       robust=synced_update(robust, robust_grads, robust_batch_stats))
+  return new_state, step_metrics(state.step, learning_rate_fn, natural=natural_metrics,
+                                 robust=robust_metrics)
 
-  # Running statistics are averaged too: a no-op with synchronised BN, and with per-device BN
-  # it keeps the replicated state identical on every device.
-  natural_grads, robust_grads, natural_batch_stats, robust_batch_stats = jax.lax.pmean(
-      (natural_grads, robust_grads, natural_batch_stats, robust_batch_stats), DATA_AXIS)
-  new_state = ACTState(
-      natural=natural.apply_gradients(grads=natural_grads, batch_stats=natural_batch_stats),
-      robust=robust.apply_gradients(grads=robust_grads, batch_stats=robust_batch_stats))
-  metrics = {**{f"natural/{k}": v for k, v in natural_metrics.items()},
-             **{f"robust/{k}": v for k, v in robust_metrics.items()},
-             "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32)}
-  return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+
+def models(state: ACTState) -> dict:
+  return {"natural": state.natural, "robust": state.robust}
+
+
+create_state = create_act_state

@@ -1,0 +1,105 @@
+"""Which datasets there are, what a run needs to know about them, and their in-memory splits.
+
+Fashion-MNIST, CIFAR-10 and CIFAR-100 are small (at most ~150 MB of uint8 pixels): they are
+read once into memory and served from there (`in_memory`). Fashion-MNIST is read from its IDX
+files with NumPy alone. CIFAR is read through TFDS once and cached as a `.npz` next to the TFDS
+data, so later runs need no TensorFlow. ImageNet streams through tf.data (`tfds_pipeline`).
+
+A run may hold out the last `dataset.validation_examples` training examples as a validation
+split (`eval.split = "validation"`): recipes are tuned on it, never on the test split.
+"""
+
+import dataclasses
+import functools
+import os
+
+import ml_collections
+import numpy as np
+
+from act_jax.data import fashion_mnist
+from act_jax.data.fashion_mnist import DatasetMissingError
+
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+EVAL_SPLITS = ("test", "validation")
+NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+
+__all__ = ["DATASET_NAMES", "DatasetInfo", "DatasetMissingError", "Split", "dataset_info",
+           "in_memory_split"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the schedule need to know about a dataset.
+
+  `image_shape` is the shape of the images the pipeline yields (after any crop); `num_train`
+  counts the examples training draws from (the validation hold-out excluded) and `num_test`
+  the split that evaluation reads by default (ImageNet's labelled "validation").
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train: int
+  num_test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A whole split in memory: images [n, H, W, C] (uint8, as datasets store them, or float in
+  [0, 1]) and int32 labels [n]."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, rows: slice) -> "Split":
+    return Split(self.images[rows], self.labels[rows])
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_split(name: str, split: str, fashion_mnist_dir: str, data_dir: str | None) -> Split:
+  """A split as stored, decoded once per process (cached: evaluations reuse it)."""
+  if name == "fashion_mnist":
+    images, labels = fashion_mnist.read_split(fashion_mnist_dir, split)
+    return Split(images[..., None], labels.astype(np.int32))
+  from act_jax.data import tfds_pipeline  # TensorFlow, only if the .npz cache is missing
+  images, labels = tfds_pipeline.cifar_arrays(name, split, data_dir)
+  return Split(images, labels)
+
+
+def in_memory_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
+  """"train" (without the validation hold-out), "validation" (the hold-out) or "test"."""
+  name = dataset_config.name
+  if name not in IN_MEMORY_DATASETS:
+    raise ValueError(f"{name} is not held in memory; in-memory datasets: "
+                     f"{', '.join(IN_MEMORY_DATASETS)}")
+  holdout = dataset_config.validation_examples
+  if split == "test":
+    return _stored_split(name, "test", dataset_config.fashion_mnist_dir, dataset_config.data_dir)
+  train = _stored_split(name, "train", dataset_config.fashion_mnist_dir, dataset_config.data_dir)
+  if holdout >= len(train):
+    raise ValueError(f"dataset.validation_examples = {holdout} leaves no training examples "
+                     f"(the training split has {len(train)})")
+  return train.take(slice(len(train) - holdout, None) if split == "validation"
+                    else slice(0, len(train) - holdout))
+
+
+def dataset_info(dataset_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Classes, image shape and split sizes; reads (or for TFDS, prepares) the dataset."""
+  name = dataset_config.name
+  if name not in DATASET_NAMES:
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+  if name not in IN_MEMORY_DATASETS:
+    from act_jax.data import tfds_pipeline
+    return tfds_pipeline.imagenet_info(dataset_config.data_dir, dataset_config.image_size)
+  return DatasetInfo(name=name, num_classes=NUM_CLASSES[name], image_shape=IMAGE_SHAPES[name],
+                     num_train=len(in_memory_split(dataset_config, "train")),
+                     num_test=len(in_memory_split(dataset_config, "test")))
+
+
+def npz_cache_path(data_dir: str | None, name: str, split: str) -> str:
+  """Where a TFDS-read small split is cached as uint8 arrays, beside the TFDS data."""
+  root = data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+  return os.path.join(root, "act_jax_arrays", f"{name}_{split}.npz")

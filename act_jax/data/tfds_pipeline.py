@@ -1,0 +1,214 @@
+"""TFDS and tf.data: ImageNet streaming, and CIFAR read once into arrays. The only TF importer.
+
+TensorFlow and TFDS are imported inside the functions, so that importing this module (and
+everything that only needs the names here) works on a machine without TensorFlow; only
+ImageNet runs, and the first read of a CIFAR split, need them.
+
+ImageNet training batches are a pure function of (dataset, seed, step, process, batch size),
+drawn with stateless random ops only: `imagenet_train_batches(..., start_step=k)` yields what an
+uninterrupted iterator yields from step k on. Each process reads only its own part of every
+split (`tfds.split_for_jax_process`), shuffles it with a seed from (seed, process, epoch) and
+augments each example with a seed from (seed, process, epoch, position).
+"""
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from act_jax.data import datasets
+
+DEFAULT_IMAGENET_SIZE = 224
+IMAGENET_SHUFFLE_BUFFER = 16_384  # examples (encoded JPEGs, ~2 GB) mixed across file order
+_LAST_EPOCH = 2**62  # "forever": the train stream is an endless sequence of epochs
+HostBatch = dict[str, np.ndarray]
+
+
+@functools.cache
+def _tf() -> Any:
+  """TensorFlow, imported on first use and kept off the GPUs: the accelerators belong to JAX."""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  return tf
+
+
+def _tfds() -> Any:
+  _tf()
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+def _builder(name: str, data_dir: str | None) -> Any:
+  """A prepared TFDS builder (a no-op when the data is already in `data_dir`, e.g. on GCS)."""
+  builder = _tfds().builder(name, data_dir=data_dir)
+  builder.download_and_prepare()
+  return builder
+
+
+def _num_examples(builder: Any, split: Any) -> int:
+  """The size of a (sub)split, from the metadata TFDS attaches to the dataset (reads no data)."""
+  count = int(builder.as_dataset(split=split).cardinality())
+  if count < 0:
+    raise ValueError(f"{builder.name}: the size of split {split} is unknown")
+  return count
+
+
+def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """A whole CIFAR split as uint8 images and int32 labels, in its stored order.
+
+  Read through TFDS the first time and cached as a `.npz` beside the TFDS data
+  (`datasets.npz_cache_path`), so that later runs, on this machine or on one the cache is
+  copied to, need no TensorFlow.
+  """
+  cache = datasets.npz_cache_path(data_dir, name, split)
+  if os.path.exists(cache):
+    with np.load(cache) as arrays:
+      return arrays["image"], arrays["label"]
+  builder = _builder(name, data_dir)
+  examples = builder.as_dataset(split=split, shuffle_files=False)
+  # One batch of exactly the split's size (TFDS's batch_size=-1 needs split metadata, which
+  # tfds.testing.mock_data does not provide).
+  examples = examples.batch(_num_examples(builder, split)).get_single_element()
+  images, labels = examples["image"].numpy(), examples["label"].numpy().astype(np.int32)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  temporary = cache + ".tmp.npz"
+  np.savez(temporary, image=images, label=labels)
+  os.replace(temporary, cache)
+  return images, labels
+
+
+def imagenet_info(data_dir: str | None, image_size: int | None) -> datasets.DatasetInfo:
+  """ImageNet's classes and split sizes, preparing the TFDS dataset if needed."""
+  builder = _builder("imagenet2012", data_dir)
+  size = image_size or DEFAULT_IMAGENET_SIZE
+  return datasets.DatasetInfo(
+      name="imagenet2012", num_classes=builder.info.features["label"].num_classes,
+      image_shape=(size, size, 3), num_train=_num_examples(builder, "train"),
+      num_test=_num_examples(builder, "validation"))
+
+
+def imagenet_steps_per_epoch(data_dir: str | None, *, global_batch_size: int,
+                             process_count: int) -> int:
+  """Every process has floor(num_train / process_count) examples (the split drops the
+  remainder) and takes whole batches of global_batch_size / process_count from them."""
+  num_train = _num_examples(_builder("imagenet2012", data_dir), "train")
+  return (num_train // process_count) // (global_batch_size // process_count)
+
+
+def _process_split(split: str, process_index: int, process_count: int,
+                   drop_remainder: bool) -> Any:
+  return _tfds().split_for_jax_process(split, process_index=process_index,
+                                       process_count=process_count, drop_remainder=drop_remainder)
+
+
+def _seed(*parts: Any) -> Any:
+  """A stateless-op seed (shape [2] int64) that mixes all of `parts`."""
+  tf = _tf()
+  seed = tf.constant([0, 0], tf.int64)
+  for part in parts:
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(part, tf.int64))
+  return seed
+
+
+def _epochs(first_epoch: int, epoch_items: Callable[[Any], Any]) -> Any:
+  """(epoch, position in epoch, item) for every item of every epoch from `first_epoch` on."""
+  tf = _tf()
+
+  def positioned(epoch):
+    return epoch_items(epoch).enumerate().map(lambda position, item: (epoch, position, item))
+
+  return tf.data.Dataset.range(first_epoch, _LAST_EPOCH).flat_map(positioned)
+
+
+def _deterministic(dataset: Any) -> Any:
+  """Parallel maps keep their order: the same step must always get the same batch."""
+  options = _tf().data.Options()
+  options.deterministic = True
+  return dataset.with_options(options)
+
+
+def imagenet_train_batches(*, per_process_batch_size: int, seed: int, start_step: int = 0,
+                           data_dir: str | None = None, image_size: int | None = None,
+                           process_index: int = 0, process_count: int = 1
+                           ) -> Iterator[HostBatch]:
+  """Endless {"image": float32 [b, H, W, 3] in [0, 1], "label": int32 [b]} batches.
+
+  Epochs of encoded JPEGs through a shuffle buffer, decoded after the resume skip. TFDS stores
+  ImageNet's examples in a random order already, so a buffer shuffle (reseeded every epoch) on
+  top of the fixed file order mixes well enough. Resuming mid-epoch reads (but does not decode)
+  the records before the resume point again. `Dataset.shuffle` also mixes in TF's global seed,
+  which nothing in act_jax sets (no other module imports TF).
+  """
+  tf, tfds = _tf(), _tfds()
+  from act_jax.data import augmentations  # imports TF
+  batch = per_process_batch_size
+  builder = _builder("imagenet2012", data_dir)
+  split = _process_split("train", process_index, process_count, drop_remainder=True)
+  records = builder.as_dataset(split=split, shuffle_files=False,
+                               decoders={"image": tfds.decode.SkipDecoding()})
+  num_examples = _num_examples(builder, split)
+  if num_examples < batch:
+    raise ValueError(f"imagenet2012: {num_examples} training examples, fewer than one batch "
+                     f"of {batch}")
+  first_epoch, offset_steps = divmod(start_step, num_examples // batch)
+  per_epoch = (num_examples // batch) * batch
+  shuffle_seed = functools.partial(_seed, seed, process_index, 0)
+  augment_seed = functools.partial(_seed, seed, process_index, 1)
+  size = image_size or DEFAULT_IMAGENET_SIZE
+
+  def epoch_items(epoch):
+    epoch_seed = tf.random.stateless_uniform([], shuffle_seed(epoch), minval=None, maxval=None,
+                                             dtype=tf.int64)
+    return records.shuffle(IMAGENET_SHUFFLE_BUFFER, seed=epoch_seed).take(per_epoch)
+
+  def make_example(epoch, position, record):
+    image = augmentations.imagenet_train(record["image"], augment_seed(epoch, position), size)
+    return {"image": augmentations.to_unit_range(image),
+            "label": tf.cast(record["label"], tf.int32)}
+
+  examples = _epochs(first_epoch, epoch_items).skip(offset_steps * batch).map(
+      make_example, num_parallel_calls=tf.data.AUTOTUNE)
+  batches = examples.batch(batch, drop_remainder=True)
+  return _deterministic(batches.prefetch(tf.data.AUTOTUNE)).as_numpy_iterator()
+
+
+def imagenet_eval_batches(*, per_process_batch_size: int, num_examples: int | None = None,
+                          data_dir: str | None = None, image_size: int | None = None,
+                          process_index: int = 0, process_count: int = 1
+                          ) -> Iterator[HostBatch]:
+  """One pass over the first `num_examples` (default: all) of ImageNet's labelled validation
+  split, this process's part, with a float32 "mask" and an int32 "index".
+
+  Batches are padded to full size (mask 0, label 0, black image), and every process yields the
+  same number of them, so that a collective step never waits on a process that has run out.
+  The index is the position in this stream (batch x global batch + process's row offset +
+  row): unique per example, for per-example attack keys.
+  """
+  tf = _tf()
+  from act_jax.data import augmentations  # imports TF
+  split = "validation"
+  builder = _builder("imagenet2012", data_dir)
+  total = _num_examples(builder, split)
+  if num_examples is not None and num_examples < total:  # TFDS rejects slices past the end
+    split, total = f"{split}[:{num_examples}]", num_examples
+  batch = per_process_batch_size
+  size = image_size or DEFAULT_IMAGENET_SIZE
+  largest_part = -(-total // process_count)  # ceiling divisions
+  num_batches = -(-largest_part // batch)
+  records = builder.as_dataset(split=_process_split(split, process_index, process_count, False),
+                               shuffle_files=False)
+  examples = records.map(lambda e: {
+      "image": augmentations.to_unit_range(augmentations.imagenet_eval(e["image"], size)),
+      "label": tf.cast(e["label"], tf.int32), "mask": tf.constant(1.0)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.data.Dataset.from_tensors({
+      "image": tf.zeros((size, size, 3), tf.float32), "label": tf.constant(0, tf.int32),
+      "mask": tf.constant(0.0)}).repeat()
+  stream = examples.concatenate(padding).take(num_batches * batch).batch(batch)
+  global_batch = batch * process_count
+  for number, host_batch in enumerate(
+      _deterministic(stream.prefetch(tf.data.AUTOTUNE)).as_numpy_iterator()):
+    first = number * global_batch + process_index * batch
+    yield {**host_batch, "index": np.arange(first, first + batch, dtype=np.int32)}

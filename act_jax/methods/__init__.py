@@ -1,0 +1,62 @@
+"""Training methods, chosen by `config.method`: natural, PGD-AT, TRADES and ACT.
+
+Every method shares the models, data, optimiser, checkpoints, evaluator and parallel path;
+what differs is its state (one model, or ACT's two), its per-device train step and its
+hyperparameters. A single-model method keeps a one-model state (`ModelState`), not a dummy
+second model. Each method names the models its state holds: "natural" for a model trained on
+clean images, "robust" for one trained against an adversary.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from act_jax.methods import act, natural, pgd_at, trades
+from act_jax.train_state import ModelState
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training method: what its state holds and how one step updates it.
+
+  - `create_state(model, tx, rng, image_shape)`: the initial state;
+  - `train_step(state, batch, rng, *, hp, learning_rate_fn) -> (state, metrics)`: per device;
+  - `hyperparams(config, unroll_attack=...)`: the step's static settings from a config
+    (`unroll_attack` only changes how attack loops compile, see `parallel.unrolls_attack_loops`);
+  - `models(state)`: model name -> `ModelState`, in `model_names` order;
+  - `config_fields`: the config fields only this method reads (validated for it alone).
+  """
+  name: str
+  model_names: tuple[str, ...]
+  create_state: Callable[..., Any]
+  train_step: Callable[..., Any]
+  hyperparams: Callable[..., Any]
+  models: Callable[[Any], dict[str, ModelState]]
+  config_fields: tuple[str, ...]
+
+  @property
+  def default_model(self) -> str:
+    """The model a user of this run most likely wants: the robust one where there is one."""
+    return "robust" if "robust" in self.model_names else self.model_names[0]
+
+
+def _method(name: str, module: ModuleType, hyperparams: Any) -> Method:
+  return Method(name=name, model_names=module.MODEL_NAMES, create_state=module.create_state,
+                train_step=module.train_step, hyperparams=hyperparams.from_config,
+                models=module.models, config_fields=module.CONFIG_FIELDS)
+
+
+METHODS = {
+    "natural": _method("natural", natural, natural.NaturalHyperparams),
+    "pgd_at": _method("pgd_at", pgd_at, pgd_at.PGDATHyperparams),
+    "trades": _method("trades", trades, trades.TradesHyperparams),
+    "act": _method("act", act, act.ACTHyperparams),
+}
+METHOD_NAMES = tuple(METHODS)
+
+
+def get(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHOD_NAMES)}")
+  return METHODS[name]

@@ -1,0 +1,66 @@
+"""What every training method's per-device step shares: the train-mode pass and the update.
+
+A method's step is a pure per-device function `(state, batch, rng) -> (state, metrics)` that
+knows one axis name, `parallel.DATA_AXIS`; `parallel.distribute_train_step` runs it under
+`jax.shard_map` inside `jax.jit` for one device, many devices and many hosts alike.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from act_jax import losses
+from act_jax.parallel import DATA_AXIS
+from act_jax.train_state import ModelState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def global_batch_size(images: jax.Array) -> int:
+  """The batch over all devices; attack objectives normalise by it, never by the shard."""
+  return images.shape[0] * jax.lax.axis_size(DATA_AXIS)
+
+
+def train_mode_logits(model_state: ModelState, params: Any, images: jax.Array,
+                      batch_stats: Any = None) -> tuple[jax.Array, Any]:
+  """Logits in train mode (BatchNorm on this batch's statistics) and the updated running stats.
+
+  `batch_stats` defaults to the state's own; a method that runs several train-mode passes in a
+  row passes each pass the statistics the previous one left, as PyTorch's BatchNorm does.
+  """
+  stats = model_state.batch_stats if batch_stats is None else batch_stats
+  logits, mutated = model_state.apply_fn({"params": params, "batch_stats": stats}, images,
+                                         train=True, mutable=["batch_stats"])
+  return logits, mutated["batch_stats"]
+
+
+def synced_update(model_state: ModelState, grads: Any, batch_stats: Any) -> ModelState:
+  """Averages gradients and running statistics over `DATA_AXIS`, then takes one optax step.
+
+  Averaging the statistics is a no-op with synchronised BatchNorm; with per-device BatchNorm
+  it keeps the replicated state identical on every device.
+  """
+  grads, batch_stats = jax.lax.pmean((grads, batch_stats), DATA_AXIS)
+  return model_state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def cross_entropy_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, Metrics]:
+  """CE(logits, y) as a loss, with the metrics every CE-trained model logs."""
+  ce = losses.cross_entropy(logits, labels)
+  return ce, {"loss": ce, "ce": ce, "accuracy": accuracy(logits, labels)}
+
+
+def step_metrics(state_step: jax.Array, learning_rate_fn: optax.Schedule,
+                 **per_model: Metrics) -> Metrics:
+  """`<model>/<name>` for every model's metrics and the learning rate, averaged over devices."""
+  metrics = {f"{model}/{name}": value for model, values in per_model.items()
+             for name, value in values.items()}
+  metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state_step), jnp.float32)
+  return jax.lax.pmean(metrics, DATA_AXIS)

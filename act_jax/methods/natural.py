@@ -1,0 +1,54 @@
+"""Natural (standard) training: cross-entropy on clean images, the no-defence baseline."""
+
+import dataclasses
+
+import jax
+import ml_collections
+import optax
+
+from act_jax.methods.common import (
+  Batch,
+  Metrics,
+  cross_entropy_metrics,
+  step_metrics,
+  synced_update,
+  train_mode_logits,
+)
+from act_jax.train_state import ModelState, init_model_state
+
+MODEL_NAMES = ("natural",)
+CONFIG_FIELDS = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalHyperparams:
+  """Natural training has no knobs of its own; the optimiser and schedule are shared."""
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *,
+                  unroll_attack: bool = False) -> "NaturalHyperparams":
+    del config, unroll_attack
+    return cls()
+
+
+def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: NaturalHyperparams,
+               learning_rate_fn: optax.Schedule) -> tuple[ModelState, Metrics]:
+  """One SGD step on CE(f(x), y) with f in train mode."""
+  del rng, hp
+  images, labels = batch["image"], batch["label"]
+
+  def loss_fn(params):
+    logits, batch_stats = train_mode_logits(state, params, images)
+    loss, metrics = cross_entropy_metrics(logits, labels)
+    return loss, (batch_stats, metrics)
+
+  (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return (synced_update(state, grads, batch_stats),
+          step_metrics(state.step, learning_rate_fn, natural=metrics))
+
+
+def models(state: ModelState) -> dict:
+  return {"natural": state}
+
+
+create_state = init_model_state

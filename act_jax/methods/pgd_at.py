@@ -1,0 +1,76 @@
+"""PGD adversarial training (Madry et al., ICLR 2018): cross-entropy on PGD examples only.
+
+The attack starts uniformly in the eps-ball (clipped to [0, 1]) and takes K sign steps on the
+cross-entropy, each projected onto the eps-ball and [0, 1]. It runs with the model in eval mode
+(running BatchNorm statistics, nothing updated), as ACT and TRADES run theirs; Madry et al.'s
+own code predates that distinction and attacked the model as it trained. The loss is then
+CE(f(x'), y) with f in train mode.
+"""
+
+import dataclasses
+
+import jax
+import ml_collections
+import optax
+
+from act_jax import attacks
+from act_jax.methods.common import (
+  Batch,
+  Metrics,
+  cross_entropy_metrics,
+  step_metrics,
+  synced_update,
+  train_mode_logits,
+)
+from act_jax.parallel import example_rngs
+from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
+
+MODEL_NAMES = ("robust",)
+CONFIG_FIELDS = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDATHyperparams:
+  """The training attack; `unroll_attack` only changes how its loop compiles."""
+  eps: float
+  step_size: float
+  num_steps: int
+  unroll_attack: bool = False
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *,
+                  unroll_attack: bool = False) -> "PGDATHyperparams":
+    return cls(eps=config.attack.eps, step_size=config.attack.step_size,
+               num_steps=config.attack.num_steps, unroll_attack=unroll_attack)
+
+
+def adversarial_examples(state: ModelState, images: jax.Array, labels: jax.Array,
+                         keys: jax.Array, hp: PGDATHyperparams) -> jax.Array:
+  """Madry et al.'s PGD-K on CE from a uniform start, with the model in eval mode."""
+  return attacks.pgd(eval_mode_logits(state), images, labels, keys, eps=hp.eps,
+                     step_size=hp.step_size, num_steps=hp.num_steps, loss="ce", init="uniform",
+                     unroll=hp.unroll_attack)
+
+
+def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: PGDATHyperparams,
+               learning_rate_fn: optax.Schedule) -> tuple[ModelState, Metrics]:
+  """One SGD step on CE(f(x'), y), x' crafted against the current model."""
+  images, labels = batch["image"], batch["label"]
+  adversarial = adversarial_examples(state, images, labels,
+                                     example_rngs(rng, state.step, images.shape[0]), hp)
+
+  def loss_fn(params):
+    logits, batch_stats = train_mode_logits(state, params, adversarial)
+    loss, metrics = cross_entropy_metrics(logits, labels)
+    return loss, (batch_stats, metrics)
+
+  (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return (synced_update(state, grads, batch_stats),
+          step_metrics(state.step, learning_rate_fn, robust=metrics))
+
+
+def models(state: ModelState) -> dict:
+  return {"robust": state}
+
+
+create_state = init_model_state

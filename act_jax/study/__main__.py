@@ -1,0 +1,54 @@
+"""`python -m act_jax.study --config=configs/fashion_mnist.py --workdir=DIR
+    --methods=natural,pgd_at,trades,act --seeds=0,1,2`
+
+Trains every method with every seed on the config's recipe (any `--config.*` override applies
+to all runs), evaluates each model with the one evaluator, and writes study.json, study.csv,
+study.md and study.png to --output-dir (default: DIR). Running the same command again skips
+finished runs and resumes interrupted ones from their checkpoints.
+"""
+
+import shlex
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from act_jax import config_validation, parallel
+from act_jax.study import runner
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
+                                "The recipe every run shares (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where each run trains, as DIR/<method>/seed<seed>.",
+                    required=True)
+flags.DEFINE_string("methods", "natural,pgd_at,trades,act", "Comma-separated training methods.")
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_integer("autoattack_examples", 1000,
+                     "AutoAttack (APGD-CE + APGD-T) runs on the first N test examples.")
+flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and of APGD-T per target.")
+flags.DEFINE_string("output_dir", None, "Where the tables and the plot go (default: --workdir).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS["verbosity"].present == 0:
+    logging.set_verbosity(logging.WARNING)
+  parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
+                                        FLAGS.config.eval.batch_size])
+  try:
+    request = runner.StudyRequest(
+        config=FLAGS.config, workdir=FLAGS.workdir,
+        methods=runner.parse_list(FLAGS.methods, str, "--methods"),
+        seeds=runner.parse_list(FLAGS.seeds, int, "--seeds"),
+        autoattack_examples=FLAGS.autoattack_examples, apgd_steps=FLAGS.apgd_steps,
+        output_dir=FLAGS.output_dir,
+        command=" ".join(["python -m act_jax.study", *map(shlex.quote, sys.argv[1:])]))
+    runner.run_study(request)
+  except (runner.StudyError, config_validation.ConfigError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
