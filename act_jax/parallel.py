@@ -109,17 +109,25 @@ def example_rngs(rng: jax.Array, step: jax.Array | int, local_batch_size: int) -
   return keys_by_index(jax.random.fold_in(rng, step), first + jnp.arange(local_batch_size))
 
 
-def distribute_train_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool = True
-                          ) -> Callable:
-  """`(state, batch, rng) -> (state, metrics)` compiled over `mesh`, donating the old state.
+def distribute_step(step_fn: Callable, mesh: Mesh, in_specs: tuple, *,
+                    donate_state: bool = True) -> Callable:
+  """`(state, ...) -> (state, metrics)` compiled over `mesh`, donating the old state.
 
+  `in_specs` says which arguments are replicated and which are split along the data axis.
   `check_vma=False` gives pmap's semantics, which the per-device step is written for: gradients
   are per-device until the step's explicit `lax.pmean`. Donation lets the new state reuse the
   old state's buffers; `donate_state=False` exists only to measure what that saves.
   """
-  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=(REPLICATED, SHARDED, REPLICATED),
+  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs,
                          out_specs=(REPLICATED, REPLICATED), check_vma=False)
   return jax.jit(mapped, donate_argnums=0 if donate_state else ())
+
+
+def distribute_train_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool = True
+                          ) -> Callable:
+  """`(state, batch, rng) -> (state, metrics)` over `mesh`: the batch split, the rest replicated."""
+  return distribute_step(step_fn, mesh, (REPLICATED, SHARDED, REPLICATED),
+                         donate_state=donate_state)
 
 
 def distribute_per_example(fn: Callable, mesh: Mesh, num_replicated: int) -> Callable:

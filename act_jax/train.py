@@ -139,10 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                global_batch_size=config.train.batch_size,
                                                total_steps=total_steps)
   unroll = parallel.unrolls_attack_loops(mesh)
-  distributed_train_step = parallel.distribute_train_step(
-      functools.partial(method.train_step,
-                        hp=method.hyperparams(config, unroll_attack=unroll),
-                        learning_rate_fn=schedule), mesh)
+  compiled_step = train_data.bind(functools.partial(
+      method.train_step, hp=method.hyperparams(config, unroll_attack=unroll),
+      learning_rate_fn=schedule))
   evaluator = evaluator_lib.Evaluator(
       eval_mode_apply(model.apply), mesh, [attack_specs.parse(f"pgd{config.eval.num_steps}")],
       evaluator_lib.training_settings(config.eval, unroll=unroll))
@@ -172,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = run_start_step = position.step
   try:
     while step < total_steps:
-      state, metrics = distributed_train_step(state, train_data(step), train_rng)
+      state, metrics = compiled_step(state, step, train_rng)
       step += 1
       history.append(metrics)
       if step % config.train.log_every_steps == 0 or step == total_steps:

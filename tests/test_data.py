@@ -85,7 +85,7 @@ def test_validation_holdout_is_the_end_of_the_training_split(dataset_config):
 
 def test_train_batches_are_unit_range_images_and_labels(stream):
   assert stream.steps_per_epoch == NUM_TRAIN // BATCH
-  batch = stream(0)
+  batch = stream.batch(0)
   assert batch["image"].shape == (BATCH, 28, 28, 1) and batch["image"].dtype == jnp.float32
   assert float(batch["image"].min()) >= 0.0 and float(batch["image"].max()) <= 1.0
   assert batch["label"].shape == (BATCH,) and batch["label"].dtype == jnp.int32
@@ -109,7 +109,7 @@ def test_batches_are_a_pure_function_of_seed_and_step(dataset_config, stream):
   resumed = in_memory.TrainStream(split, global_batch_size=BATCH, seed=3,
                                   mesh=parallel.make_mesh(), augment=False)
   for step in (13, 2, 7):  # out of order, across epochs
-    np.testing.assert_array_equal(resumed(step)["image"], stream(step)["image"])
+    np.testing.assert_array_equal(resumed.batch(step)["image"], stream.batch(step)["image"])
   other_seed = in_memory.TrainStream(split, global_batch_size=BATCH, seed=4,
                                      mesh=parallel.make_mesh(), augment=False)
   assert not np.array_equal(other_seed.indices(0), stream.indices(0))
@@ -177,3 +177,21 @@ def test_cifar_is_read_once_then_served_from_its_array_cache(tmp_path):
   again = datasets.in_memory_split(config, "train")
   np.testing.assert_array_equal(again.images, first.images)
   assert first.images.shape == (20, 32, 32, 3) and first.images.dtype == np.uint8
+
+
+def test_a_bound_step_sees_the_batch_of_its_step(stream):
+  """`bind` gathers each step's batch inside the compiled step: the step sees `batch(step)`."""
+
+  def step_fn(state, batch, rng):
+    del rng
+    total = jax.lax.psum(batch["image"].sum() + batch["label"].sum(), parallel.DATA_AXIS)
+    return state + 1, {"total": total}
+
+  bound = stream.bind(step_fn)
+  state = parallel.replicate(jnp.zeros((), jnp.int32), parallel.make_mesh())
+  for step in (0, 9):
+    state, metrics = bound(state, step, jax.random.PRNGKey(0))
+    batch = stream.batch(step)
+    expected = float(np.sum(batch["image"]) + np.sum(batch["label"]))
+    np.testing.assert_allclose(float(metrics["total"]), expected, rtol=1e-6)
+  assert int(state) == 2

@@ -2,7 +2,10 @@
 
 Training: the whole training split lives on every device as uint8. A step's batch is a
 gather of its example indices, a conversion to [0, 1] and (for CIFAR) a random crop and flip,
-all compiled next to the train step; the host computes only the indices. The order is a pure
+compiled into the train step itself; the host computes only the indices. One program per step
+also keeps XLA:CPU from interleaving a separate gather program with the step's collectives on
+its small thread pool, which deadlocked a 2-device run twice here (an all-reduce rendezvous that
+one device never reached). The order is a pure
 function of (seed, step): epoch e is the permutation drawn from (seed, e), and example i of
 the global batch of step k is augmented with a key from (seed, k * batch + i). So a resumed
 run sees exactly the batches of an uninterrupted one, and any number of devices and hosts sees
@@ -13,7 +16,7 @@ examples), gathered on the host, with the example index and a mask for padding.
 """
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +55,8 @@ def _device_batch(images: jax.Array, labels: jax.Array, key: jax.Array,
 
 
 class TrainStream:
-  """`stream(step)`: the global training batch of `step`, sharded over `mesh`'s data axis."""
+  """Training batches by step: `indices(step)` on the host, `batch(step)` on the devices, and
+  `bind(step_fn)`, the train step with the batch gathered inside it."""
 
   def __init__(self, split: Split, *, global_batch_size: int, seed: int, mesh: Mesh,
                augment: bool):
@@ -69,8 +73,8 @@ class TrainStream:
     self._key = parallel.replicate(
         jax.random.fold_in(jax.random.PRNGKey(seed), AUGMENTATION_SALT), mesh)
     self._epoch_order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
-    self._gather = parallel.distribute_per_example(
-        functools.partial(_device_batch, augment=augment), mesh, num_replicated=3)
+    self._make_batch = functools.partial(_device_batch, augment=augment)
+    self._gather = parallel.distribute_per_example(self._make_batch, mesh, num_replicated=3)
 
   def _permutation(self, epoch: int) -> np.ndarray:
     """Epoch `epoch`'s order of the examples, drawn once per epoch."""
@@ -85,14 +89,31 @@ class TrainStream:
     start = position * self.global_batch_size
     return self._permutation(epoch)[start:start + self.global_batch_size]
 
-  def __call__(self, step: int) -> dict[str, jax.Array]:
+  def _rows(self, step: int) -> dict[str, jax.Array]:
+    """This step's example indices and global positions, split along the data axis."""
     per_process = self.global_batch_size // jax.process_count()
     rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     positions = step * self.global_batch_size + np.arange(self.global_batch_size)
     local = {"index": self.indices(step)[rows].astype(np.int32),
              "position": positions[rows].astype(np.int32)}
-    return self._gather(self._images, self._labels, self._key,
-                        parallel.shard_host_batch(local, self._mesh))
+    return parallel.shard_host_batch(local, self._mesh)
+
+  def batch(self, step: int) -> dict[str, jax.Array]:
+    """The global batch of `step`, split along the mesh's data axis (for inspection and tests)."""
+    return self._gather(self._images, self._labels, self._key, self._rows(step))
+
+  def bind(self, step_fn: Callable) -> Callable:
+    """`(state, step, rng) -> (state, metrics)`: `step_fn(state, batch, rng)` per device, with
+    this step's batch gathered and augmented in the same compiled program."""
+
+    def per_device(state, images, labels, key, rows, rng):
+      return step_fn(state, self._make_batch(images, labels, key, rows), rng)
+
+    replicated = parallel.REPLICATED
+    compiled = parallel.distribute_step(
+        per_device, self._mesh, (replicated,) * 4 + (parallel.SHARDED, replicated))
+    return lambda state, step, rng: compiled(state, self._images, self._labels, self._key,
+                                             self._rows(step), rng)
 
 
 def eval_batches(split: Split, *, per_process_batch_size: int, indices: Sequence[int] | None = None,

@@ -23,10 +23,14 @@ HostBatch = dict[str, np.ndarray]
 
 
 class TrainData(Protocol):
-  """`data(step)`: the global batch of `step`, on the devices; a pure function of the step."""
+  """The global batch of each step, a pure function of the step.
+
+  `bind(step_fn)` turns a per-device `step_fn(state, batch, rng)` into the compiled
+  `(state, step, rng) -> (state, metrics)` that feeds it that step's batch.
+  """
   steps_per_epoch: int
 
-  def __call__(self, step: int) -> dict[str, jax.Array]: ...
+  def bind(self, step_fn: Callable) -> Callable: ...
 
 
 class _StreamingTrain:
@@ -41,7 +45,11 @@ class _StreamingTrain:
     self._iterator: Iterator[HostBatch] | None = None
     self._next_step = -1
 
-  def __call__(self, step: int) -> dict[str, jax.Array]:
+  def bind(self, step_fn: Callable) -> Callable:
+    compiled = parallel.distribute_train_step(step_fn, self._mesh)
+    return lambda state, step, rng: compiled(state, self._batch(step), rng)
+
+  def _batch(self, step: int) -> dict[str, jax.Array]:
     if step != self._next_step:
       from act_jax.data import tfds_pipeline
       self._iterator = tfds_pipeline.imagenet_train_batches(

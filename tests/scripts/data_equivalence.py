@@ -22,7 +22,7 @@ def main():
   for devices in (jax.devices(), jax.devices()[:1]):
     stream = in_memory.TrainStream(split, global_batch_size=16, seed=5,
                                    mesh=parallel.make_mesh(devices), augment=True)
-    batches[len(devices)] = [jax.device_get(stream(step)) for step in (0, 3, 7, 13)]
+    batches[len(devices)] = [jax.device_get(stream.batch(step)) for step in (0, 3, 7, 13)]
   many, one = batches[len(jax.devices())], batches[1]
   json.dump({"num_devices": len(jax.devices()),
              "images": max(float(np.abs(a["image"] - b["image"]).max())
