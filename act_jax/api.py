@@ -12,7 +12,17 @@ from etils import epath
 
 from act_jax import checkpointing, methods, models, optimizers, parallel
 from act_jax.data import datasets
+from act_jax.errors import UserError
+from act_jax.methods.common import all_finite
 from act_jax.train_state import ModelState, eval_mode_logits
+
+
+class RunNotFoundError(UserError, FileNotFoundError):
+  """The workdir holds no run, or no checkpoint of the asked step."""
+
+
+class NonFiniteCheckpointError(UserError):
+  """A checkpoint's weights are not all finite; its model would only compute NaNs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +50,7 @@ def load_run(workdir: str, *, step: int | None = None,
   workdir_path = epath.Path(workdir)
   config_path = workdir_path / "config.json"
   if not config_path.exists():
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} an act_jax workdir?")
+    raise RunNotFoundError(f"{config_path} not found: is {workdir} an act_jax workdir?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   method = methods.get(config.method)
   info = datasets.dataset_info(config.dataset)
@@ -56,10 +66,17 @@ def load_run(workdir: str, *, step: int | None = None,
   restored = checkpointing.restore_latest(manager, template, parallel.replicate(
       jax.random.PRNGKey(0), mesh), step=step)
   if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir_path / 'checkpoints'}")
+    raise RunNotFoundError(f"no checkpoint in {workdir_path / 'checkpoints'}")
   state, _, position = restored
-  return TrainedRun(config=config, method=method, model=model, info=info, state=state,
-                    step=position.step)
+  run = TrainedRun(config=config, method=method, model=model, info=info, state=state,
+                   step=position.step)
+  damaged = [name for name, model_state in run.models.items()
+             if not bool(all_finite(model_state.variables))]
+  if damaged:
+    raise NonFiniteCheckpointError(
+        f"checkpoint step {run.step} in {workdir} holds non-finite weights (NaN or inf) in the "
+        f"{' and '.join(damaged)} model: the run diverged before it was saved")
+  return run
 
 
 def load_model(workdir: str, which: str | None = None) -> Callable[[jax.Array], jax.Array]:

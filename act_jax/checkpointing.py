@@ -2,14 +2,28 @@
 
 Saving is collective (every process calls it) and asynchronous; restoring places each array
 straight into the sharding of the live state, so a run can resume on a different device count.
+A checkpoint that cannot be restored falls back to the next older one.
 """
 
+import contextlib
 import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
+
+from act_jax.errors import UserError
+
+UNRESTORABLE_DIR = "unrestorable_checkpoints"
+FAILED_RESTORE_SETTLE_S = 1.0  # for orbax's I/O callbacks after a failed restore to finish
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,19 +37,33 @@ class TrainingPosition:
   batches_consumed: int
 
 
+class _ReadOnlyNotices(logging.Filter):
+  """Drops orbax's warnings that a read-only manager is read-only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return "read only" not in message and "read_only=True" not in message
+
+
 def checkpoint_manager(workdir: str, max_to_keep: int | None,
                        read_only: bool = False) -> ocp.CheckpointManager:
   """A manager under `workdir/checkpoints` that keeps the `max_to_keep` newest checkpoints.
 
-  `read_only` managers (for loading a finished run) never create or delete anything.
+  `read_only` managers (for loading a finished run) never create or delete anything; orbax's
+  warnings that they are read-only, which is the point, are filtered out.
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         read_only=read_only)
+                                         read_only=read_only,
+                                         save_interval_steps=0 if read_only else 1)
   directory = epath.Path(workdir) / "checkpoints"
   if "://" not in workdir:
     directory = directory.absolute()  # orbax (tensorstore) rejects relative local paths
-  return ocp.CheckpointManager(directory, options=options,
-                               item_names=("state", "position"))
+  notices = _ReadOnlyNotices()
+  absl_logging.get_absl_logger().addFilter(notices)
+  try:
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "position"))
+  finally:
+    absl_logging.get_absl_logger().removeFilter(notices)
 
 
 def save(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
@@ -51,21 +79,83 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *,
-                   step: int | None = None) -> tuple[Any, jax.Array, TrainingPosition] | None:
-  """The newest checkpoint (or the one of `step`) restored into `state`'s structure and shardings.
+class CheckpointError(UserError):
+  """An asked-for checkpoint is missing or cannot be restored."""
 
-  Returns None if the directory holds no checkpoint; raises if `step` names a missing one.
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+  """Redirects file descriptor 2 (Python's and native code's stderr) into a temporary file;
+  yields a function that returns what was written so far."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield lambda: (sys.stderr.flush(), capture.seek(0), capture.read())[2].decode(
+          errors="replace")
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  """Moves an unrestorable checkpoint out of the manager's way (it is never deleted), so the
+  run can save that step again; returns where it went."""
+  source = epath.Path(manager.directory) / str(step)
+  target = epath.Path(manager.directory).parent / UNRESTORABLE_DIR / str(step)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if target.exists():
+    target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
+  source.rename(target)
+  manager.reload()
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *,
+                   step: int | None = None, move_unrestorable: bool = False
+                   ) -> tuple[Any, jax.Array, TrainingPosition] | None:
+  """The newest checkpoint that restores (or the one of `step`), into `state`'s structure.
+
+  A checkpoint that fails to restore (a truncated file, missing metadata) is reported in one
+  line naming its step, and the next older one is tried: a damaged newest checkpoint never
+  blocks a run with intact older ones. With `move_unrestorable` (training) the damaged one is
+  moved aside to `<workdir>/unrestorable_checkpoints/`; otherwise (evaluation, `load_model`) it
+  is left where it is. Returns None if there is no checkpoint (or none restores); raises if
+  `step` names a missing or damaged one.
   """
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      return None
-  elif step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint of step {step}; saved steps: "
-                            f"{', '.join(map(str, manager.all_steps())) or 'none'}")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract({"train_state": state, "rng": rng})),
-      position=ocp.args.JsonRestore()))
-  return (restored.state["train_state"], restored.state["rng"],
-          TrainingPosition(**restored.position))
+  if step is not None and step not in manager.all_steps():
+    raise CheckpointError(f"no checkpoint of step {step}; saved steps: "
+                          f"{', '.join(map(str, manager.all_steps())) or 'none'}")
+  for candidate in ([step] if step is not None else sorted(manager.all_steps(), reverse=True)):
+    # A failed restore leaves orbax's I/O threads calling back into a closed event loop, each
+    # printing a traceback: the attempt's stderr is held back, and dropped if it fails.
+    with _stderr_captured() as captured:
+      try:
+        restored = manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract({"train_state": state, "rng": rng})),
+            position=ocp.args.JsonRestore()))
+        error = None
+      except Exception as failure:  # noqa: BLE001  (orbax reports damage in many types)
+        error = failure
+        time.sleep(FAILED_RESTORE_SETTLE_S)
+      printed = captured()
+    if error is None:
+      sys.stderr.write(printed)
+      return (restored.state["train_state"], restored.state["rng"],
+              TrainingPosition(**restored.position))
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    if step is not None:
+      raise CheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "
+                            f"restored ({reason})") from None
+    where = (f"moved aside to {move_aside(manager, candidate)}" if move_unrestorable
+             else "left in place")
+    _warn(f"checkpoint step {candidate} in {manager.directory} cannot be restored "
+          f"({reason}); it is {where}, and the next older checkpoint is tried")
+  return None

@@ -11,12 +11,13 @@ import ml_collections
 from act_jax import methods, optimizers
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
 from act_jax.data.datasets import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS
+from act_jax.errors import UserError
 from act_jax.models import MODEL_NAMES
 
 DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value is out of its allowed range."""
 
 

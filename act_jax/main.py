@@ -7,16 +7,15 @@ join the others first. A single process on CPU gets one XLA device per core unle
 XLA_FLAGS=--xla_force_host_platform_device_count=N or JAX_NUM_CPU_DEVICES=N says otherwise.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from act_jax import config_validation, distributed, parallel, train
+from act_jax import command_line, distributed, parallel, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
-                                "Path to a config file (configs/*.py).", lock_config=True)
+with command_line.flag_errors_in_one_line():
+  config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
+                                  "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and results.json go.",
                     required=True)
 flags.DEFINE_enum("distributed", "auto", distributed.MODES,
@@ -33,12 +32,8 @@ def main(argv: list[str]) -> None:
   if not distributed.initialize(FLAGS.distributed):
     parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
                                           FLAGS.config.eval.batch_size])
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except config_validation.ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main, config_flag="config")

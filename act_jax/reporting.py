@@ -6,6 +6,7 @@ TensorFlow (clu's default writer is a TF summary writer), and act_jax must run w
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -70,9 +71,21 @@ class ScalarWriter:
       self._writer.close()
 
 
+def json_safe(value: Any) -> Any:
+  """`value` with every NaN or infinity replaced by None: strict JSON has no such numbers."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, Mapping):
+    return {key: json_safe(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(item) for item in value]
+  return value
+
+
 def write_json(path: epath.PathLike, payload: Mapping[str, Any]) -> None:
-  """Writes via a temporary file and a rename, so a crash never leaves a half-written file."""
+  """Writes strict JSON via a temporary file and a rename, so a crash never leaves a
+  half-written file and a diverged run never leaves bare NaN tokens."""
   path = epath.Path(path)
   temporary = path.with_name(path.name + ".tmp")
-  temporary.write_text(json.dumps(payload, indent=2, sort_keys=True))
+  temporary.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False))
   temporary.replace(path)

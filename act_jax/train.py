@@ -6,10 +6,12 @@ The loop is the same for every method and deliberately boring; the science lives
 
 import functools
 import json
+import math
 import signal
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -24,8 +26,10 @@ from act_jax import (
   parallel,
   reporting,
 )
+from act_jax import workdir as workdir_lib
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import datasets, pipeline
+from act_jax.errors import UserError
 from act_jax.evaluate import evaluator as evaluator_lib
 from act_jax.evaluate import report
 from act_jax.study import report as study_report
@@ -33,24 +37,31 @@ from act_jax.train_state import eval_mode_apply
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM (what cluster schedulers and TPU maintenance send before killing a job).
+  """Set by SIGTERM (what schedulers and TPU maintenance send before killing a job) or by a
+  first Ctrl-C (SIGINT): the loop then saves a checkpoint and returns. A second Ctrl-C
+  interrupts at once.
 
   Only for single-process runs. With several processes, JAX's preemption service catches the
   signal and `CheckpointManager.reached_preemption` lets all processes agree on the step at
   which to stop; a flag raised in one process only would leave the others waiting.
   """
 
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
   def __init__(self, install: bool):
     self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle) if install else None
+    self._previous = ({number: signal.signal(number, self._handle) for number in self.SIGNALS}
+                      if install else {})
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self.raised = True
+    if signum == signal.SIGINT:  # the next Ctrl-C is an ordinary KeyboardInterrupt
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for number, handler in self._previous.items():
+      signal.signal(number, handler)
 
 
 def _prepare_dataset_chief_first(dataset_config: ml_collections.ConfigDict,
@@ -67,9 +78,30 @@ def _prepare_dataset_chief_first(dataset_config: ml_collections.ConfigDict,
   return info if is_chief else datasets.dataset_info(dataset_config)
 
 
-def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-  fetched = parallel.fetch_replicated(history)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+# One program copies a whole state. It reads the state after the step that made it and before
+# the next step, which is donated that state, so it never runs beside a step's collectives.
+_device_copy = jax.jit(functools.partial(jax.tree.map, jnp.copy))
+
+
+class NonFiniteError(UserError):
+  """A loss or gradient became NaN or infinite: the run stopped before saving that state."""
+  exit_code = 3
+
+
+def _first_non_finite(steps: list[tuple[int, dict[str, float]]]) -> tuple[int, str] | None:
+  """(step, what) of the first step whose losses or gradients are not all finite."""
+  for step, metrics in steps:
+    for name, value in metrics.items():
+      if name.endswith("/grads_finite") and value < 1.0:
+        return step, f"{name.split('/')[0]} model's gradients"
+      if not math.isfinite(value):
+        model, _, term = name.partition("/")
+        return step, f"{model} model's {term or model} ({value})"
+  return None
+
+
+def _mean_metrics(steps: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+  return {k: float(np.mean([m[k] for _, m in steps])) for k in steps[0][1]}
 
 
 def _read_json(path: epath.Path) -> dict[str, Any]:
@@ -104,12 +136,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     num_processes=jax.process_count())
   method = methods.get(config.method)
   is_chief = jax.process_index() == 0
-  workdir_path = epath.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  if is_chief:
-    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
-
+  # Everything that can refuse the run does so before the workdir changes.
+  workdir_lib.check_usable(workdir)
+  config_changes = workdir_lib.config_changes(workdir, config)
   info = _prepare_dataset_chief_first(config.dataset, is_chief)
+  workdir_path = workdir_lib.create(workdir, config) if is_chief else epath.Path(workdir)
   train_data = pipeline.train_data(config, mesh)
   steps_per_epoch = train_data.steps_per_epoch
   total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
@@ -129,7 +160,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   manager = checkpointing.checkpoint_manager(workdir, config.train.max_checkpoints_to_keep)
   position = checkpointing.TrainingPosition(step=0, batches_consumed=0)
-  restored = checkpointing.restore_latest(manager, state, train_rng)
+  restored = checkpointing.restore_latest(manager, state, train_rng,
+                                          move_unrestorable=is_chief)
   if restored is not None:
     state, train_rng, position = restored
     if is_chief:
@@ -160,39 +192,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "train_log": []}
   if results_path.exists():  # keep what the interrupted run reported up to its checkpoint
     previous = _read_json(results_path)
-    for key in ("evaluations", "train_log"):
-      results[key] = [entry for entry in previous[key] if entry["step"] <= position.step]
+    for key in ("evaluations", "train_log", "config_changes"):
+      results[key] = [entry for entry in previous.get(key, []) if entry["step"] <= position.step]
+  if config_changes:
+    results.setdefault("config_changes", []).append({"step": position.step,
+                                                     "changes": config_changes})
+    if is_chief:
+      print("Continuing with changed settings: " + ", ".join(
+          f"{field} {old!r} -> {new!r}" for field, (old, new) in config_changes.items()),
+            flush=True)
 
   progress = reporting.Progress(total_steps=total_steps, start_step=position.step,
                                 global_batch_size=config.train.batch_size, enabled=is_chief)
   writer = reporting.ScalarWriter(workdir, enabled=is_chief)
   preemption = _PreemptionFlag(install=jax.process_count() == 1)
-  history = []
+  unchecked, checked = [], []  # per-step metrics: still on the devices / fetched and finite
+  # A scheduled checkpoint waits one step: the state is saved only once the next step's losses,
+  # computed from it, are known to be finite (a diverging update can leave finite weights that
+  # only the next forward pass turns into NaN).
+  pending: tuple[checkpointing.TrainingPosition, Any] | None = None
   step = run_start_step = position.step
+
+  def save(position: checkpointing.TrainingPosition, saved_state: Any) -> None:
+    checkpointing.save(manager, saved_state, train_rng, position)
+    if is_chief:  # the log to this step, so a killed run keeps it up to its checkpoint
+      reporting.write_json(results_path, results)
+
+  def check_finite() -> None:
+    """Fetches the metrics of the steps since the last check (the only host sync) and stops
+    the run at the first non-finite loss or gradient, before anything saves that state."""
+    fetched = parallel.fetch_replicated([metrics for _, metrics in unchecked])
+    steps = [(s, {k: float(v) for k, v in m.items()})
+             for (s, _), m in zip(unchecked, fetched, strict=True)]
+    unchecked.clear()
+    bad = _first_non_finite(steps)
+    if bad is not None:
+      bad_step, what = bad
+      latest = manager.latest_step()
+      message = (f"step {bad_step}: the {what} is not finite; stopped without saving it "
+                 f"(newest checkpoint: {'none' if latest is None else f'step {latest}'}). "
+                 "Lower optim.learning_rate, or check the data.")
+      results["stopped"] = {"step": bad_step, "reason": message}
+      if is_chief:
+        reporting.write_json(results_path, results)
+      raise NonFiniteError(message)
+    checked.extend(steps)
+
   try:
     while step < total_steps:
       state, metrics = compiled_step(state, step, train_rng)
       step += 1
-      history.append(metrics)
-      if step % config.train.log_every_steps == 0 or step == total_steps:
-        scalars = _mean_metrics(history)
-        history = []
+      unchecked.append((step, metrics))
+      interrupted = (preemption.raised or manager.reached_preemption(step)
+                     or (interrupt_after_steps is not None
+                         and step - run_start_step >= interrupt_after_steps))
+      log = step % config.train.log_every_steps == 0 or step == total_steps
+      last = interrupted or step == total_steps
+      scheduled = step % config.train.checkpoint_every_steps == 0
+      evaluate = (config.train.eval_every_steps and step % config.train.eval_every_steps == 0
+                  and step != total_steps)
+      if log or scheduled or last or evaluate or pending:
+        check_finite()
+      if pending:
+        save(*pending)
+        pending = None
+      if log:
+        scalars = {k: v for k, v in _mean_metrics(checked).items()
+                   if not k.endswith("/grads_finite")}
+        checked.clear()
         scalars["images_per_second"] = progress.update(step, scalars)
         writer.write(step, scalars)
         results["train_log"].append({"step": step, **scalars})
       position = checkpointing.TrainingPosition(step=step, batches_consumed=step)
-      interrupted = (preemption.raised or manager.reached_preemption(step)
-                     or (interrupt_after_steps is not None
-                         and step - run_start_step >= interrupt_after_steps))
-      if step % config.train.checkpoint_every_steps == 0 or interrupted or step == total_steps:
-        checkpointing.save(manager, state, train_rng, position)
+      if last:  # no next step to wait for
+        save(position, state)
+      elif scheduled:  # a copy: the next step is handed (donated) this state's buffers
+        pending = (position, _device_copy(state))
       if interrupted:
-        if is_chief:
-          reporting.write_json(results_path, results)
         progress.write(f"Stopped at step {step}; resume by running the same command again.")
         return results
-      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
-          and step != total_steps:
+      if evaluate:
         _record(results, run_evaluation(step), writer, progress, results_path, is_chief)
         progress.reset_clock()
     final = run_evaluation(step)

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from act_jax.errors import UserError
+
 IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # unsigned bytes (0x08) in 3 and 1 dimensions
@@ -17,7 +19,7 @@ NUM_CLASSES = 10
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(UserError, FileNotFoundError):
   """A dataset's files are not where the config says; the message names the path and the fix."""
 
 

@@ -22,6 +22,7 @@ from etils import epath
 from act_jax import api, distributed, parallel, reporting
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import pipeline
+from act_jax.errors import UserError
 from act_jax.evaluate import evaluator as evaluator_lib
 from act_jax.evaluate import report, sanity
 from act_jax.train_state import eval_mode_apply
@@ -64,7 +65,7 @@ flags.DEFINE_enum("distributed", "auto", distributed.MODES,
                   "Call jax.distributed.initialize() first (see python -m act_jax.main).")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
   """A flag value is unusable; the message names the flag."""
 
 
@@ -255,22 +256,13 @@ def main(argv: list[str]) -> None:
     parallel.use_one_cpu_device_per_core([_flag("batch-size") or _run_eval_batch_size()])
   sweep = _flag("eps-sweep")
   try:
-    request = EvaluationRequest(
-        workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
-        eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
-        apgd_steps=_flag("apgd-steps"),
-        num_examples=_flag("num-examples"), split=_flag("split"),
-        batch_size=_flag("batch-size"),
-        eps_sweep=None if sweep is None else [float(v) for v in sweep],
-        sweep_attack=_flag("sweep-attack"), large_eps=_flag("large-eps"),
-        large_eps_max_accuracy=_flag("large-eps-max-accuracy"), models=_flag("models"),
-        step=_flag("step"), output=_flag("output"), seed=_flag("seed"))
-    evaluate_run(request)
-  except (UsageError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-  except ValueError as error:  # a non-number in --eps-sweep
-    if "could not convert" not in str(error):
-      raise
-    print(f"error: --eps-sweep={','.join(sweep)}: {error}", file=sys.stderr)
-    sys.exit(2)
+    eps_sweep = None if sweep is None else [float(v) for v in sweep]
+  except ValueError as error:
+    raise UsageError(f"--eps-sweep={','.join(sweep)}: {error}") from None
+  evaluate_run(EvaluationRequest(
+      workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
+      eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
+      apgd_steps=_flag("apgd-steps"), num_examples=_flag("num-examples"), split=_flag("split"),
+      batch_size=_flag("batch-size"), eps_sweep=eps_sweep, sweep_attack=_flag("sweep-attack"),
+      large_eps=_flag("large-eps"), large_eps_max_accuracy=_flag("large-eps-max-accuracy"),
+      models=_flag("models"), step=_flag("step"), output=_flag("output"), seed=_flag("seed")))

@@ -25,7 +25,9 @@ class Method:
   - `hyperparams(config, unroll_attack=...)`: the step's static settings from a config
     (`unroll_attack` only changes how attack loops compile, see `parallel.unrolls_attack_loops`);
   - `models(state)`: model name -> `ModelState`, in `model_names` order;
-  - `config_fields`: the config fields only this method reads (validated for it alone).
+  - `config_fields`: the config fields only this method reads (validated for it alone);
+  - `forward_passes(K)`: a step's work per example, in forward-pass equivalents, with a K-step
+    training attack (for progress estimates and FLOP counts).
   """
   name: str
   model_names: tuple[str, ...]
@@ -34,6 +36,7 @@ class Method:
   hyperparams: Callable[..., Any]
   models: Callable[[Any], dict[str, ModelState]]
   config_fields: tuple[str, ...]
+  forward_passes: Callable[[int], int]
 
   @property
   def default_model(self) -> str:
@@ -44,7 +47,8 @@ class Method:
 def _method(name: str, module: ModuleType, hyperparams: Any) -> Method:
   return Method(name=name, model_names=module.MODEL_NAMES, create_state=module.create_state,
                 train_step=module.train_step, hyperparams=hyperparams.from_config,
-                models=module.models, config_fields=module.CONFIG_FIELDS)
+                models=module.models, config_fields=module.CONFIG_FIELDS,
+                forward_passes=module.forward_passes)
 
 
 METHODS = {

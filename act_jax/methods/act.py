@@ -23,6 +23,12 @@ from act_jax.parallel import example_rngs
 from act_jax.train_state import ACTState, create_act_state, eval_mode_logits
 
 MODEL_NAMES = ("natural", "robust")
+
+
+def forward_passes(num_attack_steps: int) -> int:
+  """A step's work per example in forward-pass equivalents: two training passes (forward and
+  backward, ~3 each) and K attack steps (a forward pass and an input gradient, ~2 each)."""
+  return 6 + 2 * num_attack_steps
 CONFIG_FIELDS = ("act.natural_alpha", "act.robust_alpha", "act.temperature",
                  "attack.loss_reduction")
 
@@ -91,8 +97,11 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperpar
   (_, natural_metrics), natural_logits_grad = jax.value_and_grad(
       natural_loss_fn, has_aux=True)(natural_logits)
   (natural_grads,) = natural_vjp(natural_logits_grad)
-  new_state = ACTState(natural=synced_update(natural, natural_grads, natural_batch_stats),
-                       robust=synced_update(robust, robust_grads, robust_batch_stats))
+  new_natural, natural_metrics = synced_update(natural, natural_grads, natural_batch_stats,
+                                               natural_metrics)
+  new_robust, robust_metrics = synced_update(robust, robust_grads, robust_batch_stats,
+                                             robust_metrics)
+  new_state = ACTState(natural=new_natural, robust=new_robust)
   return new_state, step_metrics(state.step, learning_rate_fn, natural=natural_metrics,
                                  robust=robust_metrics)
 

@@ -37,14 +37,23 @@ def train_mode_logits(model_state: ModelState, params: Any, images: jax.Array,
   return logits, mutated["batch_stats"]
 
 
-def synced_update(model_state: ModelState, grads: Any, batch_stats: Any) -> ModelState:
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every value of every array in `tree` is finite (no NaN, no inf)."""
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def synced_update(model_state: ModelState, grads: Any, batch_stats: Any, metrics: Metrics
+                  ) -> tuple[ModelState, Metrics]:
   """Averages gradients and running statistics over `DATA_AXIS`, then takes one optax step.
 
   Averaging the statistics is a no-op with synchronised BatchNorm; with per-device BatchNorm
-  it keeps the replicated state identical on every device.
+  it keeps the replicated state identical on every device. `metrics` gain "grads_finite":
+  1 when every averaged gradient is finite, which the loop checks before it saves a state.
   """
   grads, batch_stats = jax.lax.pmean((grads, batch_stats), DATA_AXIS)
-  return model_state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  finite = all_finite(grads).astype(jnp.float32)
+  return (model_state.apply_gradients(grads=grads, batch_stats=batch_stats),
+          {**metrics, "grads_finite": finite})
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

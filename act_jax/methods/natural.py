@@ -17,6 +17,12 @@ from act_jax.methods.common import (
 from act_jax.train_state import ModelState, init_model_state
 
 MODEL_NAMES = ("natural",)
+
+
+def forward_passes(num_attack_steps: int) -> int:
+  """One training pass (forward and backward, ~3 forward-pass equivalents) per example."""
+  del num_attack_steps
+  return 3
 CONFIG_FIELDS = ()
 
 
@@ -43,8 +49,8 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: NaturalHy
     return loss, (batch_stats, metrics)
 
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return (synced_update(state, grads, batch_stats),
-          step_metrics(state.step, learning_rate_fn, natural=metrics))
+  new_state, metrics = synced_update(state, grads, batch_stats, metrics)
+  return new_state, step_metrics(state.step, learning_rate_fn, natural=metrics)
 
 
 def models(state: ModelState) -> dict:

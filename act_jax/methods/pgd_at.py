@@ -26,6 +26,11 @@ from act_jax.parallel import example_rngs
 from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
 
 MODEL_NAMES = ("robust",)
+
+
+def forward_passes(num_attack_steps: int) -> int:
+  """K attack steps (~2 forward-pass equivalents each) and one training pass (~3)."""
+  return 3 + 2 * num_attack_steps
 CONFIG_FIELDS = ()
 
 
@@ -65,8 +70,8 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: PGDATHype
     return loss, (batch_stats, metrics)
 
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return (synced_update(state, grads, batch_stats),
-          step_metrics(state.step, learning_rate_fn, robust=metrics))
+  new_state, metrics = synced_update(state, grads, batch_stats, metrics)
+  return new_state, step_metrics(state.step, learning_rate_fn, robust=metrics)
 
 
 def models(state: ModelState) -> dict:

@@ -25,6 +25,12 @@ from act_jax.parallel import example_rngs
 from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
 
 MODEL_NAMES = ("robust",)
+
+
+def forward_passes(num_attack_steps: int) -> int:
+  """The clean target (1), K attack steps (2 each), training passes on x and x' (3 each) and
+  the statistics-only pass on x (1), in forward-pass equivalents per example."""
+  return 8 + 2 * num_attack_steps
 CONFIG_FIELDS = ("trades.beta",)
 
 
@@ -68,8 +74,8 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: TradesHyp
     return loss, (after_second_clean, metrics)
 
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return (synced_update(state, grads, batch_stats),
-          step_metrics(state.step, learning_rate_fn, robust=metrics))
+  new_state, metrics = synced_update(state, grads, batch_stats, metrics)
+  return new_state, step_metrics(state.step, learning_rate_fn, robust=metrics)
 
 
 def models(state: ModelState) -> dict:

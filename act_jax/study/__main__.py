@@ -13,12 +13,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from act_jax import config_validation, parallel
+from act_jax import command_line, parallel
 from act_jax.study import runner
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
-                                "The recipe every run shares (configs/*.py).", lock_config=True)
+with command_line.flag_errors_in_one_line():
+  config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
+                                  "The recipe every run shares (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where each run trains, as DIR/<method>/seed<seed>.",
                     required=True)
 flags.DEFINE_string("methods", "natural,pgd_at,trades,act", "Comma-separated training methods.")
@@ -36,19 +37,15 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
                                         FLAGS.config.eval.batch_size])
-  try:
-    request = runner.StudyRequest(
-        config=FLAGS.config, workdir=FLAGS.workdir,
-        methods=runner.parse_list(FLAGS.methods, str, "--methods"),
-        seeds=runner.parse_list(FLAGS.seeds, int, "--seeds"),
-        autoattack_examples=FLAGS.autoattack_examples, apgd_steps=FLAGS.apgd_steps,
-        output_dir=FLAGS.output_dir,
-        command=" ".join(["python -m act_jax.study", *map(shlex.quote, sys.argv[1:])]))
-    runner.run_study(request)
-  except (runner.StudyError, config_validation.ConfigError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  request = runner.StudyRequest(
+      config=FLAGS.config, workdir=FLAGS.workdir,
+      methods=runner.parse_list(FLAGS.methods, str, "--methods"),
+      seeds=runner.parse_list(FLAGS.seeds, int, "--seeds"),
+      autoattack_examples=FLAGS.autoattack_examples, apgd_steps=FLAGS.apgd_steps,
+      output_dir=FLAGS.output_dir,
+      command=" ".join(["python -m act_jax.study", *map(shlex.quote, sys.argv[1:])]))
+  runner.run_study(request)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main, config_flag="config")

@@ -25,6 +25,7 @@ from etils import epath
 from act_jax import api, methods, parallel, reporting, train
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import pipeline
+from act_jax.errors import UserError
 from act_jax.evaluate import evaluator as evaluator_lib
 from act_jax.study import report
 from act_jax.train_state import eval_mode_apply
@@ -33,7 +34,7 @@ STUDY_PGD_STEPS = 20
 RUN_RECORD = "study_run.json"
 
 
-class StudyError(ValueError):
+class StudyError(UserError, ValueError):
   """A study request that cannot run; the message names the flag or field."""
 
 
@@ -127,8 +128,11 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
   workdir = epath.Path(request.workdir)
   output_dir = epath.Path(request.output_dir or request.workdir)
   runs = [(method, seed) for method in request.methods for seed in request.seeds]
+  # Relative cost of each run for the ETA: its method's work per step (forward passes).
+  cost = {method: methods.get(method).forward_passes(request.config.attack.num_steps)
+          for method in request.methods}
   is_chief = jax.process_index() == 0
-  start, worked = time.time(), []
+  start, worked_seconds, worked_cost = time.time(), 0.0, 0
   rows = []
   for number, (method, seed) in enumerate(runs, start=1):
     run_dir = workdir / method / f"seed{seed}"
@@ -136,8 +140,9 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
     record = _read_json(record_path) or {}
     results = _read_json(run_dir / "results.json")
     done = results is not None and "final" in results and "evaluation" in record
-    remaining = len(runs) - number + 1
-    eta = (f", ETA {_format_seconds(remaining * sum(worked) / len(worked))}" if worked else "")
+    remaining = sum(cost[m] for m, _ in runs[number - 1:])
+    eta = (f", ETA {_format_seconds(remaining * worked_seconds / worked_cost)}" if worked_cost
+           else "")
     if is_chief:
       print(f"[run {number}/{len(runs)}] {method} seed {seed}: "
             f"{'finished, skipped' if done else 'training and evaluating'} "
@@ -158,7 +163,8 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
       record["eval_seconds"] = time.time() - evaluated
       if is_chief:
         reporting.write_json(record_path, record)
-      worked.append(time.time() - began)
+      worked_seconds += time.time() - began
+      worked_cost += cost[method]
     final, evaluation = results["final"], record["evaluation"]
     for model in methods.get(method).model_names:
       accuracy = evaluation["accuracy"][model]
