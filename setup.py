@@ -24,13 +24,13 @@ setuptools.setup(
         "orbax-checkpoint>=0.11",
         "pillow>=10",
         "tensorboardX>=2.6",
-        "tensorflow-cpu>=2.16",
-        "tensorflow-datasets>=4.9.6",
-        "importlib_resources>=6",  # needed by TFDS builders defined outside TFDS
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6"],
+        # ImageNet (tf.data) and a first read of CIFAR; Fashion-MNIST and cached CIFAR need none.
+        "tfds": ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9.6"],
+        "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6", "tensorflow-cpu>=2.16",
+                 "tensorflow-datasets>=4.9.6"],
         "torch": ["torch==2.13.0"],  # the CPU build; benchmarks/ and the parity test
     },
 )

@@ -5,7 +5,7 @@
 # Usage: launch/tpu_pod.sh [--dry-run] [create|install|train|all] [extra --config.* overrides...]
 #   create   create the slice (gcloud compute tpus tpu-vm create)
 #   install  on every worker: clone REPO_URL at BRANCH into ~/act-jax (or update it),
-#            then pip install jax[tpu] and the package
+#            then pip install jax[tpu] and the package with its TFDS extra (ImageNet)
 #   train    on every worker: run act_jax.main with the overrides
 #   all      (default) create if CREATE=true, then install, then train
 # --dry-run prints the commands and exits without running anything.
@@ -134,7 +134,7 @@ fi
 printf -v remote_install \
   'if [ -d %q/.git ]; then git -C %q fetch --depth=1 origin %q && git -C %q checkout --force -B %q FETCH_HEAD; else git clone --depth=1 --branch %q %q %q; fi && python3 -m pip install -U %q && python3 -m pip install -e %q' \
   "${remote_dir}" "${remote_dir}" "${BRANCH}" "${remote_dir}" "${BRANCH}" \
-  "${BRANCH}" "${REPO_URL}" "${remote_dir}" "jax[tpu]" "${remote_dir}"
+  "${BRANCH}" "${REPO_URL}" "${remote_dir}" "jax[tpu]" "${remote_dir}[tfds]"
 
 train_args=(python3 -m act_jax.main "--config=${CONFIG}" "--workdir=${WORKDIR}" --distributed=on)
 if [[ -n "${DATA_DIR}" ]]; then

@@ -113,7 +113,7 @@ def test_tpu_pod_dry_run_all(tool_dir):
   install_line = " ".join(remote_argv(install))
   assert "git clone --depth=1 --branch main https://example.com/act-jax.git act-jax" in install_line
   assert "pip install -U jax[tpu]" in install_line
-  assert "pip install -e act-jax" in install_line
+  assert "pip install -e act-jax[tfds]" in install_line  # ImageNet reads TFDS
   assert remote_argv(train) == [
       "cd", "act-jax", "&&", "python3", "-m", "act_jax.main", "--config=configs/imagenet.py",
       "--workdir=gs://bucket/act/imagenet", "--distributed=on",
@@ -263,7 +263,7 @@ def test_tpu_pod_runs_on_fake_workers(tool_dir, tmp_path):
       ["git", "clone", "--depth=1", "--branch", "v1.0", "https://example.com/act-jax.git",
        "act-jax"],
       ["python3", "-m", "pip", "install", "-U", "jax[tpu]"],
-      ["python3", "-m", "pip", "install", "-e", "act-jax"],
+      ["python3", "-m", "pip", "install", "-e", "act-jax[tfds]"],
       ["python3", "-m", "act_jax.main", "--config=configs/imagenet.py",
        "--workdir=gs://bucket/act/imagenet", "--distributed=on",
        "--config.dataset.data_dir=gs://bucket/tensorflow_datasets", TUPLE_OVERRIDE,
