@@ -19,6 +19,7 @@ from act_jax import models, optimizers, parallel
 from act_jax.attacks import parts
 from act_jax.methods.act import ACTHyperparams, train_step
 from act_jax.train_state import create_act_state
+from benchmarks import flops
 from benchmarks.workloads import Workload
 
 # Steps per epoch only place the recipe's learning-rate boundaries; they do not change the work.
@@ -27,11 +28,17 @@ STEPS_PER_EPOCH = 1000
 
 @dataclasses.dataclass
 class CompiledACTStep:
-  """A compiled step with its inputs; `run()` takes one step and waits for it."""
-  run: Callable[[], None]
+  """A compiled step with its inputs: `step()` dispatches one step (asynchronously, as
+  training does), `synchronize()` waits for the dispatched work, `run()` does both."""
+  step: Callable[[], None]
+  synchronize: Callable[[], None]
   compile_seconds: float
   xla_step_flops: float | None  # XLA cost analysis of the whole step, where its loop is unrolled
   hyperparams: ACTHyperparams
+
+  def run(self) -> None:
+    self.step()
+    self.synchronize()
 
 
 def cost_analysis_flops(compiled: Any) -> float:
@@ -53,17 +60,15 @@ def synthetic_batch(workload: Workload, batch_size: int, sharding: NamedSharding
   return jax.jit(make, out_shardings=sharding)(jax.random.PRNGKey(1))
 
 
-def forward_flops_per_image(workload: Workload, batch_size: int) -> float:
-  """FLOPs of one eval-mode forward pass per image, by XLA's cost analysis (no loops inside).
-
-  Only shapes are needed: the pass is lowered and compiled on abstract values, never run.
-  """
+def forward_flops_per_image(workload: Workload) -> float:
+  """Model FLOPs of one forward pass per image (`benchmarks.flops`: every convolution and
+  matrix product of the program, the same on every backend)."""
   model = models.from_config(workload.recipe(), workload.num_classes)
-  images = jax.ShapeDtypeStruct((batch_size, *workload.image_shape), jnp.float32)
+  images = jax.ShapeDtypeStruct((1, *workload.image_shape), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                              images)
-  forward = jax.jit(functools.partial(model.apply, train=False))
-  return cost_analysis_flops(forward.lower(variables, images).compile()) / batch_size
+  return flops.forward_flops_per_image(functools.partial(model.apply, train=False), variables,
+                                       workload.image_shape)
 
 
 def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
@@ -103,12 +108,14 @@ def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
   compiled = step.lower(state, batch, rng).compile()
   compile_seconds = time.perf_counter() - start
   loop_unrolled = parts.unroll_factor(pgd_steps, unroll_attack) >= pgd_steps
-  holder = {"state": state}
+  holder = {"state": state, "metrics": None}
 
-  def run() -> None:
-    holder["state"], metrics = compiled(holder["state"], batch, rng)
-    jax.block_until_ready((holder["state"], metrics))
+  def one_step() -> None:
+    holder["state"], holder["metrics"] = compiled(holder["state"], batch, rng)
+
+  def synchronize() -> None:
+    jax.block_until_ready((holder["state"], holder["metrics"]))
 
   return CompiledACTStep(
-      run=run, compile_seconds=compile_seconds,
+      step=one_step, synchronize=synchronize, compile_seconds=compile_seconds,
       xla_step_flops=cost_analysis_flops(compiled) if loop_unrolled else None, hyperparams=hp)

@@ -1,18 +1,23 @@
-"""ACT step throughput: act_jax against the PyTorch baseline, in one run on one device.
+"""ACT step throughput: act_jax against the best PyTorch, in one run on one device.
 
     python -m benchmarks.throughput --model resnet18_cifar --batch 128 --pgd-steps 10
 
 Each setting times the full ACT step (natural forward/backward, K-step PGD on the robust model,
-robust forward/backward, both SGD updates) on synthetic data already on the device: the first
-step apart (compilation), then the median of `--timed-steps` steps, each followed by a device
-synchronisation. JAX runs the training code path (`act_jax.methods.act.train_step` under
-shard_map in jit); PyTorch runs `benchmarks/torch_act.py`, whose step a parity test ties to
-act_jax's.
+robust forward/backward, both SGD updates) on synthetic data already on the device. JAX runs
+the training code path (`act_jax.methods.act.train_step` under shard_map in jit); PyTorch runs
+`benchmarks/torch_act.py`, whose step a parity test ties to act_jax's, as a PyTorch user would
+run it fastest: eager, the whole step under `torch.compile`, or (on CUDA) the whole step
+captured in one CUDA graph, with `cudnn.benchmark` on.
 
-FLOPs are counted, not measured: model FLOPs per image = (6 + 2K) x F, with F one forward pass by
-XLA's cost analysis. Each model's training pass is forward + backward ~ 3 F; each attack step is
-a forward pass and a gradient with respect to the input only ~ 2 F. MFU divides the achieved
-FLOP/s by the peak of a large matmul measured in the same run, in the setting's dtype.
+Two timings per setting, after the first step (compilation, autotuning, capture) apart:
+`--timed-steps` steps between two synchronisations, as training runs them (the headline img/s),
+and the median of the same number of steps synchronised one by one (each step's launch latency
+exposed). The speed-up compares JAX with the fastest PyTorch setting of the same dtype.
+
+FLOPs are counted, not measured: a step's model FLOPs per image are (6 + 2K) x F, F one forward
+pass counted from the program's convolutions and matrix products (`benchmarks/flops.py`, the
+same on every backend). MFU divides the achieved FLOP/s by the peak of a large matmul measured
+in the same run, in the setting's dtype.
 
 Writes `<output-dir>/<model>_b<batch>_k<K>_<platform>_<N>dev.json` and `.md` (N: the JAX
 devices) and prints the table.
@@ -33,10 +38,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax
 import jax.numpy as jnp
 
-from act_jax import optimizers
+from act_jax import methods, optimizers
 from act_jax.methods.act import ACTHyperparams
 from benchmarks import jax_act_step, matmul_peak, reports
-from benchmarks.timing import Timing, time_calls
+from benchmarks.timing import Timing, time_calls, time_window
 from benchmarks.workloads import WORKLOADS, Workload
 
 
@@ -44,17 +49,21 @@ from benchmarks.workloads import WORKLOADS, Workload
 class Setting:
   framework: str  # "jax" or "torch"
   dtype: str  # "float32" or "bfloat16"
-  compiled: bool = True  # torch: torch.compile; JAX is always compiled
-  gpu_only: bool = False
+  mode: str = "xla"  # torch: "eager", "compile" (the whole step) or "graph" (one CUDA graph)
+  cuda_only: str | None = None  # why the setting needs CUDA, if it does
 
 
+_BF16 = "bf16 autocast is CUDA-only"
+_GRAPH = "CUDA graphs need a CUDA device"
 SETTINGS = {
     "jax_f32": Setting("jax", "float32"),
     "jax_bf16": Setting("jax", "bfloat16"),
-    "torch_eager_f32": Setting("torch", "float32", compiled=False),
-    "torch_compile_f32": Setting("torch", "float32"),
-    "torch_eager_bf16": Setting("torch", "bfloat16", compiled=False, gpu_only=True),
-    "torch_compile_bf16": Setting("torch", "bfloat16", gpu_only=True),
+    "torch_eager_f32": Setting("torch", "float32", "eager"),
+    "torch_compile_f32": Setting("torch", "float32", "compile"),
+    "torch_graph_f32": Setting("torch", "float32", "graph", _GRAPH),
+    "torch_eager_bf16": Setting("torch", "bfloat16", "eager", _BF16),
+    "torch_compile_bf16": Setting("torch", "bfloat16", "compile", _BF16),
+    "torch_graph_bf16": Setting("torch", "bfloat16", "graph", _BF16),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -62,7 +71,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def step_flops_per_image(forward_flops: float, pgd_steps: int) -> float:
   """Model FLOPs of one ACT step per image: two training passes (3 F each) and K attack steps
   (2 F each: a forward pass and the input gradient; no weight gradients)."""
-  return (6 + 2 * pgd_steps) * forward_flops
+  return methods.get("act").forward_passes(pgd_steps) * forward_flops
+
+
+def on_cuda() -> bool:
+  return jax.default_backend() == "gpu"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -71,8 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=128, help="global batch size (one device)")
   parser.add_argument("--pgd-steps", type=int, default=10, help="K, the training attack's steps")
   parser.add_argument("--settings", default=None,
-                      help=f"comma-separated, from {', '.join(SETTINGS)}; default: all that the "
-                      "device supports (bf16 PyTorch autocast only on CUDA)")
+                      help=f"comma-separated, from {', '.join(SETTINGS)}; default: all (those "
+                      "that need CUDA are skipped elsewhere, with the reason in the report)")
   parser.add_argument("--warmup-steps", type=int, default=2,
                       help="untimed steps, the first (compilation) included")
   parser.add_argument("--timed-steps", type=int, default=5)
@@ -94,7 +107,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   if args.pgd_steps < 0:
     parser.error(f"--pgd-steps must be >= 0, got {args.pgd_steps}")
-  on_gpu = jax.default_backend() == "gpu"
   available = jax.local_device_count()
   if args.jax_devices is None:
     args.jax_devices = available if jax.default_backend() == "cpu" else 1
@@ -103,23 +115,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  f"{args.jax_devices}")
   if args.batch % args.jax_devices:
     parser.error(f"--batch {args.batch} must be divisible by --jax-devices {args.jax_devices}")
-  if args.settings is None:
-    args.settings = [name for name, s in SETTINGS.items() if on_gpu or not s.gpu_only]
-  else:
-    args.settings = args.settings.split(",")
-    unknown = [name for name in args.settings if name not in SETTINGS]
-    if unknown:
-      parser.error(f"unknown --settings {', '.join(unknown)}; allowed: {', '.join(SETTINGS)}")
-    gpu_only = [name for name in args.settings if SETTINGS[name].gpu_only and not on_gpu]
-    if gpu_only:
-      parser.error(f"--settings {', '.join(gpu_only)} need a CUDA GPU (bf16 autocast)")
+  args.settings = list(SETTINGS) if args.settings is None else args.settings.split(",")
+  unknown = [name for name in args.settings if name not in SETTINGS]
+  if unknown:
+    parser.error(f"unknown --settings {', '.join(unknown)}; allowed: {', '.join(SETTINGS)}")
   return args
 
 
 def torch_device():
   import torch  # optional dependency
-  use_cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
-  return torch.device("cuda" if use_cuda else "cpu")
+  return torch.device("cuda" if on_cuda() and torch.cuda.is_available() else "cpu")
 
 
 def time_jax(workload: Workload, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
@@ -133,8 +138,10 @@ def time_jax(workload: Workload, setting: Setting, args: argparse.Namespace) -> 
                                          pgd_steps=args.pgd_steps,
                                          model_dtype=DTYPES[setting.dtype],
                                          devices=jax.local_devices()[:args.jax_devices])
-  timing = time_calls(step.run, warmup_calls=args.warmup_steps, timed_calls=args.timed_steps)
-  return {"timing": timing, "compile_seconds": step.compile_seconds,
+  return {"window": time_window(step.step, step.synchronize, warmup_steps=args.warmup_steps,
+                                timed_steps=args.timed_steps),
+          "per_step": time_calls(step.run, warmup_calls=1, timed_calls=args.timed_steps),
+          "compile_seconds": step.compile_seconds,
           # The compiled step is per device: it sees batch / jax_devices images.
           "xla_step_flops_per_image": (None if step.xla_step_flops is None
                                        else step.xla_step_flops * args.jax_devices / args.batch)}
@@ -154,23 +161,28 @@ def time_torch(workload: Workload, setting: Setting, args: argparse.Namespace) -
       new_model(), new_model(), hp,
       learning_rate=optimizers.peak_learning_rate(config.optim, args.batch),
       weight_decay=config.optim.weight_decay, momentum=config.optim.momentum, device=device,
-      compile_models=setting.compiled, bf16=setting.dtype == "bfloat16",
-      channels_last=device.type == "cuda")
+      bf16=setting.dtype == "bfloat16", channels_last=device.type == "cuda",
+      autocast_cache=setting.mode != "graph")
   height, width, channels = workload.image_shape
   images = trainer.to_input(torch.rand(args.batch, channels, height, width, device=device))
   labels = torch.randint(0, workload.num_classes, (args.batch,), device=device)
+  if setting.mode == "graph":
+    step = torch_act.capture_step_graph(trainer, images, labels)
+  else:
+    run_step = torch_act.compiled_step(trainer) if setting.mode == "compile" else trainer.step
+    step = lambda: run_step(images, labels)
+  synchronize = lambda: torch_act.synchronize(device)
+  return {"window": time_window(step, synchronize, warmup_steps=args.warmup_steps,
+                                timed_steps=args.timed_steps),
+          "per_step": time_calls(lambda: (step(), synchronize()), warmup_calls=1,
+                                 timed_calls=args.timed_steps),
+          "compile_seconds": None}
 
-  def run() -> None:
-    trainer.step(images, labels)
-    torch_act.synchronize(device)
 
-  timing = time_calls(run, warmup_calls=args.warmup_steps, timed_calls=args.timed_steps)
-  return {"timing": timing, "compile_seconds": None}
-
-
-def configure_float32_precision(mode: str) -> None:
-  """The same float32 matmul/conv precision in PyTorch as `jax.default_matmul_precision`."""
+def configure_torch(mode: str) -> None:
+  """PyTorch as a user tunes it: cuDNN autotuning on, float32 precision as for JAX."""
   import torch
+  torch.backends.cudnn.benchmark = True
   allow_tf32 = mode == "tf32"
   torch.backends.cuda.matmul.allow_tf32 = allow_tf32
   torch.backends.cudnn.allow_tf32 = allow_tf32
@@ -178,14 +190,14 @@ def configure_float32_precision(mode: str) -> None:
 
 def measure_peaks(args: argparse.Namespace, dtypes: set[str], use_torch: bool) -> dict[str, dict]:
   """Per dtype: matmul FLOP/s by each framework, and the peak (the larger)."""
-  size = args.matmul_size or (8192 if jax.default_backend() == "gpu" else 2048)
+  size = args.matmul_size or (8192 if on_cuda() else 2048)
   peaks = {}
   for dtype in sorted(dtypes):
     precision = "highest" if args.f32_matmul == "highest" else "tensorfloat32"
     with jax.default_matmul_precision(precision):
       measured = {"jax": matmul_peak.jax_matmul_flops_per_second(size, DTYPES[dtype],
                                                                   jax.devices()[0])}
-    if use_torch:
+    if use_torch and (dtype == "float32" or torch_device().type == "cuda"):
       import torch
       measured["torch"] = matmul_peak.torch_matmul_flops_per_second(
           size, getattr(torch, dtype), torch_device())
@@ -211,29 +223,40 @@ def device_description() -> str:
 
 def summarise(name: str, setting: Setting, measured: dict[str, Any], flops_per_image: float,
               batch: int, peaks: dict[str, dict]) -> dict[str, Any]:
-  timing: Timing = measured["timing"]
-  images_per_second = batch / timing.median_seconds
+  window: Timing = measured["window"]
+  per_step: Timing = measured["per_step"]
+  images_per_second = batch / window.median_seconds
   achieved = flops_per_image * images_per_second
   compile_seconds = measured["compile_seconds"]
-  if compile_seconds is None:  # torch: compilation/autotuning happens inside the first step
-    compile_seconds = max(timing.first_seconds - timing.median_seconds, 0.0)
+  if compile_seconds is None:  # torch: compilation, autotuning, capture happen in the first step
+    compile_seconds = max(window.first_seconds - window.median_seconds, 0.0)
   return {
       "setting": name, "framework": setting.framework, "dtype": setting.dtype,
-      "torch_compile": setting.compiled if setting.framework == "torch" else None,
-      "images_per_second": images_per_second, "median_step_seconds": timing.median_seconds,
-      "step_seconds": list(timing.step_seconds), "spread": timing.spread,
-      "first_step_seconds": timing.first_seconds, "compile_seconds": compile_seconds,
+      "mode": setting.mode, "images_per_second": images_per_second,
+      "step_seconds": window.median_seconds,
+      "per_step_images_per_second": batch / per_step.median_seconds,
+      "per_step_seconds": list(per_step.step_seconds), "per_step_spread": per_step.spread,
+      "first_step_seconds": window.first_seconds, "compile_seconds": compile_seconds,
       "model_flops_per_second": achieved,
       "mfu": achieved / peaks[setting.dtype]["peak_flops_per_second"],
   }
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-  """`jax_speedup` on each PyTorch row: JAX img/s in the same dtype over this row's."""
-  jax_rows = {row["dtype"]: row for row in rows if row["framework"] == "jax" and "error" not in row}
-  for row in rows:
-    if row["framework"] == "torch" and "error" not in row and row["dtype"] in jax_rows:
+  """On each PyTorch row, `jax_speedup` (JAX img/s in the same dtype over this row's); on each
+  JAX row, `speedup_over_best_torch` against the fastest PyTorch setting of its dtype."""
+  timed = [row for row in rows if "images_per_second" in row]
+  jax_rows = {row["dtype"]: row for row in timed if row["framework"] == "jax"}
+  for row in timed:
+    if row["framework"] == "torch" and row["dtype"] in jax_rows:
       row["jax_speedup"] = jax_rows[row["dtype"]]["images_per_second"] / row["images_per_second"]
+  for dtype, jax_row in jax_rows.items():
+    torch_rows = [r for r in timed if r["framework"] == "torch" and r["dtype"] == dtype]
+    if torch_rows:
+      best = max(torch_rows, key=lambda r: r["images_per_second"])
+      jax_row["best_torch"] = best["setting"]
+      jax_row["speedup_over_best_torch"] = (jax_row["images_per_second"]
+                                            / best["images_per_second"])
 
 
 def three_digits(value: float) -> str:
@@ -246,24 +269,31 @@ def xla_cross_check(flops: dict[str, Any]) -> list[str]:
   xla = flops.get("xla_cost_analysis_step_flops_per_image")
   if not xla:
     return []
-  return [f"XLA's cost analysis of the whole compiled step (attack loop unrolled): "
-          f"{xla / 1e9:.3f} G per image ({100 * (xla / flops['step_flops_per_image'] - 1):+.1f}%)."]
+  return [f"XLA:CPU's cost analysis of the whole compiled step (attack loop unrolled): "
+          f"{xla / 1e9:.3f} G per image ({100 * (xla / flops['step_flops_per_image'] - 1):+.1f}%; "
+          "it leaves out the kernel taps that fall on padding)."]
+
+
+def speedup_cell(row: dict[str, Any]) -> str:
+  if "speedup_over_best_torch" in row:
+    return f"{row['speedup_over_best_torch']:.2f}x over {row['best_torch']}"
+  return f"{row['jax_speedup']:.2f}x" if "jax_speedup" in row else "-"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-  header = ("| setting | img/s | step ms (median) | spread | compile s | TFLOP/s | MFU | "
-            "JAX speed-up |\n|---|---|---|---|---|---|---|---|")
+  header = ("| setting | img/s | img/s, each step synced | compile s | TFLOP/s | MFU | "
+            "JAX speed-up |\n|---|---|---|---|---|---|---|")
   lines = [header]
   for row in report["results"]:
-    if "error" in row:
-      lines.append(f"| {row['setting']} | failed: {row['error']} | | | | | | |")
+    if "skipped" in row or "error" in row:
+      why = f"skipped: {row['skipped']}" if "skipped" in row else f"failed: {row['error']}"
+      lines.append(f"| {row['setting']} | {why} | | | | | |")
       continue
-    speedup = f"{row['jax_speedup']:.2f}x" if "jax_speedup" in row else "-"
     lines.append(
         f"| {row['setting']} | {three_digits(row['images_per_second'])} | "
-        f"{1e3 * row['median_step_seconds']:.1f} | {100 * row['spread']:.0f}% | "
+        f"{three_digits(row['per_step_images_per_second'])} | "
         f"{row['compile_seconds']:.1f} | {row['model_flops_per_second'] / 1e12:.3f} | "
-        f"{100 * row['mfu']:.1f}% | {speedup} |")
+        f"{100 * row['mfu']:.1f}% | {speedup_cell(row)} |")
   meta = report["meta"]
   peaks = "; ".join(f"{dtype} {p['peak_flops_per_second'] / 1e12:.3f} TFLOP/s"
                     for dtype, p in report["peaks"].items())
@@ -273,9 +303,11 @@ def markdown_table(report: dict[str, Any]) -> str:
       f"jax {meta['versions']['jax']}, torch {meta['versions'].get('torch', '-')}), "
       f"{meta['date']}",
       "", *lines, "",
+      f"img/s: {meta['timed_steps']} steps between two synchronisations, as training runs; "
+      "the next column syncs after every step (median).",
       f"Model FLOPs per image: {report['flops']['step_flops_per_image'] / 1e9:.3f} G "
-      f"((6 + 2K) x forward {report['flops']['forward_flops_per_image'] / 1e9:.4f} G). "
-      f"Measured matmul peak: {peaks}.", *xla_cross_check(report["flops"]),
+      f"((6 + 2K) x forward {report['flops']['forward_flops_per_image'] / 1e9:.4f} G, counted "
+      f"from the program). Measured matmul peak: {peaks}.", *xla_cross_check(report["flops"]),
       f"Command: `{meta['command']}`"])
 
 
@@ -294,7 +326,8 @@ def main(argv: list[str]) -> dict[str, Any]:
   args = parse_args(argv)
   workload = WORKLOADS[args.model]
   settings = {name: SETTINGS[name] for name in args.settings}
-  use_torch = any(s.framework == "torch" for s in settings.values())
+  runnable = {name: s for name, s in settings.items() if on_cuda() or not s.cuda_only}
+  use_torch = any(s.framework == "torch" for s in runnable.values())
   versions = {"jax": jax.__version__, "python": platform.python_version()}
   if use_torch:
     try:
@@ -303,20 +336,24 @@ def main(argv: list[str]) -> dict[str, Any]:
       sys.exit("PyTorch settings were asked for but torch is not installed "
                "(pip install -e '.[torch]', or pass --settings=jax_f32,jax_bf16)")
     torch.set_num_threads(args.torch_threads)
-    configure_float32_precision(args.f32_matmul)
+    configure_torch(args.f32_matmul)
     versions["torch"] = torch.__version__
 
-  peaks = measure_peaks(args, {s.dtype for s in settings.values()}, use_torch)
-  forward_flops = jax_act_step.forward_flops_per_image(workload, args.batch)
+  peaks = measure_peaks(args, {s.dtype for s in runnable.values()}, use_torch)
+  forward_flops = jax_act_step.forward_flops_per_image(workload)
   flops_per_image = step_flops_per_image(forward_flops, args.pgd_steps)
   rows, xla_step_flops = [], None
   for name, setting in settings.items():
+    base = {"setting": name, "framework": setting.framework, "dtype": setting.dtype,
+            "mode": setting.mode}
+    if name not in runnable:
+      rows.append({**base, "skipped": setting.cuda_only})
+      continue
     print(f"timing {name} ...", file=sys.stderr, flush=True)
     try:
       measured = (time_jax if setting.framework == "jax" else time_torch)(workload, setting, args)
     except Exception as error:  # noqa: BLE001  (recorded in the report, not hidden)
-      rows.append({"setting": name, "framework": setting.framework, "dtype": setting.dtype,
-                   "error": f"{type(error).__name__}: {first_line(error)}"})
+      rows.append({**base, "error": f"{type(error).__name__}: {first_line(error)}"})
       print(f"  {name} failed: {rows[-1]['error']}", file=sys.stderr)
       continue
     if setting.framework == "torch":
@@ -337,7 +374,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                "command": reports.command_line("benchmarks.throughput", argv)},
       "flops": {"forward_flops_per_image": forward_flops,
                 "step_flops_per_image": flops_per_image,
-                "method": "(6 + 2K) x forward FLOPs by XLA cost analysis",
+                "method": "(6 + 2K) x forward FLOPs counted from the program "
+                          "(benchmarks/flops.py)",
                 "xla_cost_analysis_step_flops_per_image": xla_step_flops},
       "peaks": peaks, "results": rows}
   table = markdown_table(report)

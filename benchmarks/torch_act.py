@@ -392,17 +392,17 @@ def sgd(model: nn.Module, learning_rate: float, weight_decay: float,
 class TorchACT:
   """Both ACT models with their optimisers, and `step` for one ACT update of both.
 
-  `compile_models` wraps each model in `torch.compile` (the attack's autograd.grad loop and
-  the optimiser steps stay eager); `bf16` runs the forward passes under CUDA bf16 autocast with
-  float32 losses, the closest PyTorch counterpart of act_jax's bfloat16 compute with float32
-  params; `channels_last` uses the memory format that GPU convolutions prefer. Images and
-  labels go to `device`.
+  `bf16` runs the forward passes under CUDA bf16 autocast with float32 losses, the closest
+  PyTorch counterpart of act_jax's bfloat16 compute with float32 params (`autocast_cache=False`
+  for CUDA-graph capture, which autocast's weight cache breaks); `channels_last` uses the
+  memory format that GPU convolutions prefer. Images and labels go to `device`.
+  `compiled_step` and `capture_step_graph` below give the whole step compiled, or captured.
   """
 
   def __init__(self, natural: nn.Module, robust: nn.Module, hp: ACTHyperparams, *,
                learning_rate: float, weight_decay: float, momentum: float = 0.9,
-               device: str | torch.device = "cpu", compile_models: bool = False, bf16: bool = False,
-               channels_last: bool = False):
+               device: str | torch.device = "cpu", bf16: bool = False,
+               channels_last: bool = False, autocast_cache: bool = True):
     if hp.attack_loss_reduction not in ATTACK_LOSS_REDUCTIONS:
       raise ValueError(f"attack loss reduction {hp.attack_loss_reduction!r}; allowed: "
                        f"{', '.join(ATTACK_LOSS_REDUCTIONS)}")
@@ -415,12 +415,12 @@ class TorchACT:
     self.robust = robust.to(self.device, memory_format=memory_format)
     self.natural_optimizer = sgd(self.natural, learning_rate, weight_decay, momentum)
     self.robust_optimizer = sgd(self.robust, learning_rate, weight_decay, momentum)
-    self.natural_fn = torch.compile(self.natural) if compile_models else self.natural
-    self.robust_fn = torch.compile(self.robust) if compile_models else self.robust
+    self.autocast_cache = autocast_cache
 
   def _autocast(self) -> contextlib.AbstractContextManager:
     if self.bf16:
-      return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+      return torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                            cache_enabled=self.autocast_cache)
     return contextlib.nullcontext()
 
   def to_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -444,7 +444,7 @@ class TorchACT:
     for _ in range(hp.num_steps):
       adversarial.requires_grad_(True)
       with self._autocast():
-        logits = self.robust_fn(adversarial)
+        logits = self.robust(adversarial)
       loss = act_attack_objective(logits, labels, natural_probs, alpha=hp.robust_alpha,
                                   reduction=hp.attack_loss_reduction)
       (gradient,) = torch.autograd.grad(loss, adversarial)
@@ -465,10 +465,10 @@ class TorchACT:
     self.natural.train()
     self.robust.train()
     with self._autocast():
-      natural_logits = self.natural_fn(images)
+      natural_logits = self.natural(images)
     adversarial = self.attack(images, labels, natural_logits, noise)
     with self._autocast():
-      adversarial_logits = self.robust_fn(adversarial)
+      adversarial_logits = self.robust(adversarial)
     natural_loss, natural_metrics = act_model_loss(
         natural_logits, adversarial_logits, labels, alpha=hp.natural_alpha,
         temperature=hp.temperature)
@@ -492,3 +492,40 @@ class TorchACT:
 def synchronize(device: torch.device) -> None:
   if device.type == "cuda":
     torch.cuda.synchronize(device)
+
+
+# The step as a PyTorch user would speed it up.
+
+
+def compiled_step(trainer: TorchACT) -> Callable[..., StepOutput]:
+  """The whole step under `torch.compile`: attack loop, both backward passes and optimisers.
+
+  Dynamo breaks the graph at `torch.autograd.grad`, so the attack's input gradients run as
+  compiled segments between breaks.
+  """
+  return torch.compile(trainer.step)
+
+
+def capture_step_graph(trainer: TorchACT, images: torch.Tensor, labels: torch.Tensor, *,
+                       warmup_steps: int = 3) -> Callable[[], None]:
+  """The whole step captured once in a CUDA graph; returns its replay.
+
+  `images` and `labels` are the static inputs every replay reads (copy new data into them to
+  train). Warm-up steps run on a side stream first, as CUDA graphs need, so that cuDNN's
+  autotuning and the optimisers' lazily created state happen before the capture.
+  """
+  if trainer.device.type != "cuda":
+    raise ValueError("CUDA graphs need a CUDA device")
+  if trainer.bf16 and trainer.autocast_cache:
+    raise ValueError("capture needs autocast_cache=False: autocast's weight cache breaks it")
+  side = torch.cuda.Stream(trainer.device)
+  side.wait_stream(torch.cuda.current_stream(trainer.device))
+  with torch.cuda.stream(side):
+    for _ in range(warmup_steps):
+      trainer.step(images, labels)
+  torch.cuda.current_stream(trainer.device).wait_stream(side)
+  graph = torch.cuda.CUDAGraph()
+  with torch.cuda.graph(graph):
+    trainer.step(images, labels)
+  return graph.replay
+

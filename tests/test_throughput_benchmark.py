@@ -10,6 +10,7 @@ import json
 import pytest
 
 from benchmarks import throughput, timing
+from benchmarks import timing as timing_lib
 
 TINY = ["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2", "--warmup-steps", "1",
         "--timed-steps", "2", "--matmul-size", "128"]
@@ -36,7 +37,6 @@ def test_time_calls_rejects_zero_counts():
 @pytest.mark.parametrize("argv, message", [
     (["--model", "vgg"], "invalid choice"),
     (["--model", "small_cnn", "--settings", "jax_f64"], "unknown --settings jax_f64; allowed"),
-    (["--model", "small_cnn", "--settings", "torch_eager_bf16"], "need a CUDA GPU"),
     (["--model", "small_cnn", "--batch", "0"], "--batch must be >= 1"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
@@ -58,26 +58,66 @@ def test_jax_only_run_writes_json_and_table(jax_run):
   assert written == json.loads(json.dumps(report))
   (row,) = written["results"]
   assert row["setting"] == "jax_f32" and row["images_per_second"] > 0
-  assert len(row["step_seconds"]) == 2
+  assert row["per_step_images_per_second"] > 0 and len(row["per_step_seconds"]) == 2
   assert "| jax_f32 |" in (tmp_path / "small_cnn_b4_k2_cpu_1dev.md").read_text()
 
 
 def test_analytic_step_flops_match_xla_cost_analysis_of_the_unrolled_step(jax_run):
   """(6 + 2K) x forward is the FLOP model MFU rests on; on CPU the attack loop is unrolled, so
-  XLA's cost analysis of the whole compiled step is an independent count to check it against."""
+  XLA's cost analysis of the whole compiled step is an independent count to check it against.
+  XLA leaves out kernel taps on padding, so its count is a little lower, never higher."""
   flops = jax_run[0]["flops"]
   xla = flops["xla_cost_analysis_step_flops_per_image"]
   assert xla is not None
-  assert flops["step_flops_per_image"] == pytest.approx(xla, rel=0.1)
+  assert 0.85 * flops["step_flops_per_image"] < xla <= flops["step_flops_per_image"]
 
 
-def test_torch_and_jax_in_one_run_report_the_speedup(tmp_path):
-  pytest.importorskip("torch", reason="the PyTorch baseline needs torch (the 'torch' extra)")
-  report = throughput.main([*TINY, "--settings", "jax_f32,torch_eager_f32",
+@pytest.mark.parametrize("model,image_shape,num_classes,published_macs", [
+    ("resnet18_cifar", (32, 32, 3), 10, 0.556e9),  # kuangliu/pytorch-cifar's ResNet-18: 0.56 G
+    ("resnet50_imagenet", (224, 224, 3), 1000, 4.09e9),  # torchvision's resnet50: 4.09 G
+    ("wrn28_10", (32, 32, 3), 10, 5.25e9),  # WRN-28-10 (Zagoruyko & Komodakis): 5.25 G
+])
+def test_forward_flops_match_the_published_figures(model, image_shape, num_classes,
+                                                   published_macs):
+  """The count behind MFU, from the program, against the multiply-accumulates usually quoted
+  (2 FLOPs each). It does not depend on the backend, unlike XLA's cost analysis on GPU."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+
+  from act_jax import models
+  from benchmarks import flops
+  network = models.build_model(model, num_classes=num_classes)
+  variables = jax.eval_shape(functools.partial(network.init, train=False),
+                             jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))
+  counted = flops.forward_flops_per_image(functools.partial(network.apply, train=False),
+                                          variables, image_shape)
+  assert counted == pytest.approx(2 * published_macs, rel=0.01)
+
+
+def test_cuda_only_settings_are_skipped_on_cpu_with_their_reason(tmp_path):
+  report = throughput.main([*TINY, "--settings", "jax_f32,torch_graph_f32,torch_eager_bf16",
                             "--output-dir", str(tmp_path)])
-  jax_row, torch_row = report["results"]
-  assert torch_row["jax_speedup"] == pytest.approx(
-      jax_row["images_per_second"] / torch_row["images_per_second"])
+  skipped = {row["setting"]: row["skipped"] for row in report["results"] if "skipped" in row}
+  assert skipped == {"torch_graph_f32": "CUDA graphs need a CUDA device",
+                     "torch_eager_bf16": "bf16 autocast is CUDA-only"}
+
+
+def test_torch_and_jax_in_one_run_report_the_speedup_over_the_best_torch(tmp_path):
+  """Eager and the whole step under torch.compile; JAX's speed-up is over the faster one."""
+  pytest.importorskip("torch", reason="the PyTorch baseline needs torch (the 'torch' extra)")
+  report = throughput.main([*TINY, "--settings", "jax_f32,torch_eager_f32,torch_compile_f32",
+                            "--output-dir", str(tmp_path)])
+  jax_row, *torch_rows = report["results"]
+  assert all("error" not in row for row in torch_rows), torch_rows
+  best = max(torch_rows, key=lambda row: row["images_per_second"])
+  assert jax_row["best_torch"] == best["setting"]
+  assert jax_row["speedup_over_best_torch"] == pytest.approx(
+      jax_row["images_per_second"] / best["images_per_second"])
+  for row in torch_rows:
+    assert row["jax_speedup"] == pytest.approx(
+        jax_row["images_per_second"] / row["images_per_second"])
   assert set(report["peaks"]["float32"]["flops_per_second"]) == {"jax", "torch"}
   assert report["meta"]["versions"]["torch"]
 
@@ -95,3 +135,20 @@ def test_step_variants_each_run_in_their_own_process(tmp_path):
   assert all("error" not in row and row["images_per_second"] > 0 for row in report["variants"])
   assert {row["block"] for row in report["building_blocks"]} == {
       "forward (eval)", "input gradient (eval)", "parameter gradient (train)"}
+
+
+def test_time_window_syncs_once_around_the_timed_steps():
+  """The window: one synchronisation before and one after the timed steps, none between."""
+  events, now = [], [0.0]
+
+  def step():
+    events.append("step")
+    now[0] += 2.0
+
+  def synchronize():
+    events.append("sync")
+
+  timing = timing_lib.time_window(step, synchronize, warmup_steps=2, timed_steps=3,
+                                  clock=lambda: now[0])
+  assert events == ["step", "sync", "step", "sync", "step", "step", "step", "sync"]
+  assert timing.first_seconds == 2.0 and timing.step_seconds == (2.0,)
