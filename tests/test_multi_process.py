@@ -63,18 +63,20 @@ def results(workdir) -> dict:
 def logits(workdir, which: str) -> np.ndarray:
   """The restored model's logits on the first 64 test images (restored onto this process's CPU)."""
   import act_jax
-  from act_jax.data import fashion_mnist_idx
-  images, _ = fashion_mnist_idx.read_split(REAL_FASHION_MNIST_DIR, "test")
+  from act_jax.data import fashion_mnist
+  images, _ = fashion_mnist.read_split(REAL_FASHION_MNIST_DIR, "test")
   batch = images[:64, ..., None].astype(np.float32) / 255.0
   return np.asarray(act_jax.load_model(str(workdir), which=which)(batch))
 
 
-def assert_logs_close(actual: list[dict], expected: list[dict], rtol: float) -> None:
+def assert_logs_close(actual: list[dict], expected: list[dict], rtol: float, atol: float = 1e-6,
+                      accuracy_atol: float = 0.0) -> None:
   assert [entry["step"] for entry in actual] == [entry["step"] for entry in expected]
   for got, want in zip(actual, expected, strict=True):
     for key in want:
       if key != "images_per_second":
-        np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=1e-6, err_msg=key)
+        tolerance = max(atol, accuracy_atol) if key.endswith("/accuracy") else atol
+        np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=tolerance, err_msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,13 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_one_device(runs):
   log = results(resumed_two)["train_log"]
   assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5]
   assert_logs_close(log[:3], results(runs["two_hosts"])["train_log"], rtol=0)
-  assert_logs_close(log, results(resumed_one)["train_log"], rtol=1e-4)
+  # One device convolves the whole batch where four convolve quarters, so the rounding differs,
+  # and the attack's sign() turns a near-zero gradient's rounding into a whole step on one
+  # pixel: the resumed steps agree to 1e-3 (one example of 32 may flip), not to the 1e-5 of
+  # equal topologies. A wrong restore (other weights, optimiser state or step) moves the losses
+  # by far more.
+  assert_logs_close(log, results(resumed_one)["train_log"], rtol=1e-3, atol=1e-3,
+                    accuracy_atol=1 / 32)
   for name in ("natural", "robust"):
     np.testing.assert_allclose(logits(resumed_two, name), logits(resumed_one, name),
                                rtol=1e-3, atol=1e-3)
