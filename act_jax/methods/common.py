@@ -5,6 +5,7 @@ knows one axis name, `parallel.DATA_AXIS`; `parallel.distribute_train_step` runs
 `jax.shard_map` inside `jax.jit` for one device, many devices and many hosts alike.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -73,3 +74,26 @@ def step_metrics(state_step: jax.Array, learning_rate_fn: optax.Schedule,
              for name, value in values.items()}
   metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state_step), jnp.float32)
   return jax.lax.pmean(metrics, DATA_AXIS)
+
+
+# params -> (loss, (running BatchNorm statistics after the step's train-mode passes, metrics))
+LossFn = Callable[[Any], tuple[jax.Array, tuple[Any, Metrics]]]
+
+
+def cross_entropy_loss_fn(model_state: ModelState, images: jax.Array,
+                          labels: jax.Array) -> LossFn:
+  """CE(f(images), y) with f in train mode: natural training's loss, and PGD-AT's on x'."""
+  def loss_fn(params):
+    logits, batch_stats = train_mode_logits(model_state, params, images)
+    loss, metrics = cross_entropy_metrics(logits, labels)
+    return loss, (batch_stats, metrics)
+  return loss_fn
+
+
+def one_model_step(model_state: ModelState, loss_fn: LossFn, learning_rate_fn: optax.Schedule,
+                   model_name: str) -> tuple[ModelState, Metrics]:
+  """The step of a one-model method once its loss is built: differentiate, sync, update, log."""
+  (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      model_state.params)
+  new_state, metrics = synced_update(model_state, grads, batch_stats, metrics)
+  return new_state, step_metrics(model_state.step, learning_rate_fn, **{model_name: metrics})

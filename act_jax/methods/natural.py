@@ -6,14 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from act_jax.methods.common import (
-  Batch,
-  Metrics,
-  cross_entropy_metrics,
-  step_metrics,
-  synced_update,
-  train_mode_logits,
-)
+from act_jax.methods.common import Batch, Metrics, cross_entropy_loss_fn, one_model_step
 from act_jax.train_state import ModelState, init_model_state
 
 MODEL_NAMES = ("natural",)
@@ -41,16 +34,8 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: NaturalHy
                learning_rate_fn: optax.Schedule) -> tuple[ModelState, Metrics]:
   """One SGD step on CE(f(x), y) with f in train mode."""
   del rng, hp
-  images, labels = batch["image"], batch["label"]
-
-  def loss_fn(params):
-    logits, batch_stats = train_mode_logits(state, params, images)
-    loss, metrics = cross_entropy_metrics(logits, labels)
-    return loss, (batch_stats, metrics)
-
-  (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state, metrics = synced_update(state, grads, batch_stats, metrics)
-  return new_state, step_metrics(state.step, learning_rate_fn, natural=metrics)
+  loss_fn = cross_entropy_loss_fn(state, batch["image"], batch["label"])
+  return one_model_step(state, loss_fn, learning_rate_fn, "natural")
 
 
 def models(state: ModelState) -> dict:

@@ -14,14 +14,7 @@ import ml_collections
 import optax
 
 from act_jax import attacks
-from act_jax.methods.common import (
-  Batch,
-  Metrics,
-  cross_entropy_metrics,
-  step_metrics,
-  synced_update,
-  train_mode_logits,
-)
+from act_jax.methods.common import Batch, Metrics, cross_entropy_loss_fn, one_model_step
 from act_jax.parallel import example_rngs
 from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
 
@@ -63,15 +56,8 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: PGDATHype
   images, labels = batch["image"], batch["label"]
   adversarial = adversarial_examples(state, images, labels,
                                      example_rngs(rng, state.step, images.shape[0]), hp)
-
-  def loss_fn(params):
-    logits, batch_stats = train_mode_logits(state, params, adversarial)
-    loss, metrics = cross_entropy_metrics(logits, labels)
-    return loss, (batch_stats, metrics)
-
-  (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state, metrics = synced_update(state, grads, batch_stats, metrics)
-  return new_state, step_metrics(state.step, learning_rate_fn, robust=metrics)
+  return one_model_step(state, cross_entropy_loss_fn(state, adversarial, labels),
+                        learning_rate_fn, "robust")
 
 
 def models(state: ModelState) -> dict:

@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from act_jax import attacks, losses
-from act_jax.methods.common import Batch, Metrics, step_metrics, synced_update, train_mode_logits
+from act_jax.methods.common import Batch, Metrics, one_model_step, train_mode_logits
 from act_jax.parallel import example_rngs
 from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
 
@@ -73,9 +73,7 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: TradesHyp
     loss, metrics = losses.trades_loss(clean_logits, adversarial_logits, labels, beta=hp.beta)
     return loss, (after_second_clean, metrics)
 
-  (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state, metrics = synced_update(state, grads, batch_stats, metrics)
-  return new_state, step_metrics(state.step, learning_rate_fn, robust=metrics)
+  return one_model_step(state, loss_fn, learning_rate_fn, "robust")
 
 
 def models(state: ModelState) -> dict:
