@@ -24,7 +24,7 @@ from helpers import HAS_REAL_FASHION_MNIST, NEEDS_REAL_FASHION_MNIST, REPO
 pytestmark = pytest.mark.skipif(not HAS_REAL_FASHION_MNIST, reason=NEEDS_REAL_FASHION_MNIST)
 
 TINY = ["--config=configs/fashion_mnist.py", "--config.model.base_width=4",
-        "--config.attack.num_steps=2", "--config.eval.num_steps=20",
+        "--config.attack.num_steps=2", "--config.eval.num_steps=3",
         "--config.eval.num_examples=64",
         "--config.eval.batch_size=64", "--config.train.batch_size=32",
         "--config.train.log_every_steps=1"]

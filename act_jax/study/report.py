@@ -121,7 +121,8 @@ def comparison_lines(study_path: str, config: ml_collections.ConfigDict) -> list
     study = json.load(f)
   if _recipe(study["meta"]["config"]) != _recipe(json.loads(config.to_json_best_effort())):
     return [f"(The study in {study_path} used a different recipe; rerun it to compare.)"]
-  lines = [f"Same recipe, {len(study['meta']['seeds'])} seeds each ({study_path}; "
+  seeds = len(study["meta"]["seeds"])
+  lines = [f"Same recipe, {seeds} seed{'s' if seeds > 1 else ''} each ({study_path}; "
            f"mean ± std, %):"]
   for entry in study["summary"]:
     lines.append(f"  {entry['title']:<18} clean {100 * entry['clean'][0]:.2f} ± "
