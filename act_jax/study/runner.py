@@ -132,6 +132,7 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
   cost = {method: methods.get(method).forward_passes(request.config.attack.num_steps)
           for method in request.methods}
   is_chief = jax.process_index() == 0
+  commit = _commit()  # the code this invocation runs, whatever the checkout becomes meanwhile
   start, worked_seconds, worked_cost = time.time(), 0.0, 0
   rows = []
   for number, (method, seed) in enumerate(runs, start=1):
@@ -182,7 +183,7 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
                     "autoattack_examples": request.autoattack_examples,
                     "apgd_steps": request.apgd_steps,
                     "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-                    "machine": _machine(), "commit": _commit(),
+                    "machine": _machine(), "commit": commit,
                     "versions": {"jax": jax.__version__, "python": platform.python_version()},
                     "wall_seconds_this_invocation": time.time() - start},
            "summary": summary, "runs": rows}
