@@ -94,7 +94,7 @@ def runs(tmp_path_factory):
 def test_two_processes_train_as_one(runs):
   """Per-step losses and accuracies, the final evaluation and both models agree.
 
-  The global batches are identical by construction (see input_pipeline), so the remaining
+  The global batches are identical by construction (see act_jax/data/pipeline.py), so the remaining
   differences are float summation order in the cross-process reductions.
   """
   two, one = results(runs["two_hosts"]), results(runs["one_host"])
