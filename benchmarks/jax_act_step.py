@@ -86,8 +86,8 @@ def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
   mesh = parallel.make_mesh(devices)
   if unroll_attack is None:
     unroll_attack = parallel.unrolls_attack_loops(mesh)
-  hp = dataclasses.replace(ACTHyperparams.from_config(config, unroll_attack=unroll_attack),
-                           num_steps=pgd_steps)
+  config.attack.num_steps = pgd_steps
+  hp = ACTHyperparams.from_config(config, unroll_attack=unroll_attack)
   model = models.from_config(
       config, workload.num_classes,
       bn_axis_name=parallel.DATA_AXIS if config.model.sync_batch_norm else None)

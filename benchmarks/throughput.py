@@ -153,7 +153,8 @@ def time_torch(workload: Workload, setting: Setting, args: argparse.Namespace) -
   from benchmarks import torch_act
   device = torch_device()
   config = workload.recipe()
-  hp = dataclasses.replace(ACTHyperparams.from_config(config), num_steps=args.pgd_steps)
+  config.attack.num_steps = args.pgd_steps
+  hp = ACTHyperparams.from_config(config)
   torch.manual_seed(0)
   new_model = lambda: torch_act.build_model(workload.torch_model, num_classes=workload.num_classes,
                                             base_width=config.model.base_width)

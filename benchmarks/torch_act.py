@@ -435,21 +435,22 @@ class TorchACT:
     Starts at x + 0.001 * noise (not clipped), noise ~ N(0, I) unless given, then K sign steps
     on `act_attack_objective`, each projected onto the L-inf eps-ball around x and [0, 1].
     """
-    hp = self.hp
+    hp, budget = self.hp, self.hp.attack
     if noise is None:
       noise = torch.randn_like(images)
     natural_probs = F.softmax(natural_logits.detach().float(), dim=1)
     adversarial = (images + ACT_INIT_STD * self.to_input(noise)).detach()
     self.robust.eval()
-    for _ in range(hp.num_steps):
+    for _ in range(budget.num_steps):
       adversarial.requires_grad_(True)
       with self._autocast():
         logits = self.robust(adversarial)
       loss = act_attack_objective(logits, labels, natural_probs, alpha=hp.robust_alpha,
                                   reduction=hp.attack_loss_reduction)
       (gradient,) = torch.autograd.grad(loss, adversarial)
-      adversarial = adversarial.detach() + hp.step_size * gradient.sign()
-      adversarial = torch.min(torch.max(adversarial, images - hp.eps), images + hp.eps)
+      adversarial = adversarial.detach() + budget.step_size * gradient.sign()
+      adversarial = torch.min(torch.max(adversarial, images - budget.eps),
+                              images + budget.eps)
       adversarial = adversarial.clamp(0.0, 1.0)
     self.robust.train()
     return adversarial.detach()

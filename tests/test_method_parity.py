@@ -16,6 +16,7 @@ import pytest
 from act_jax import methods, models, optimizers, parallel
 from act_jax.attacks import parts
 from act_jax.methods import natural, pgd_at, trades
+from act_jax.methods.common import AttackBudget
 from act_jax.train_state import ModelState
 
 from helpers import (
@@ -43,9 +44,9 @@ EPS, STEP_SIZE, NUM_STEPS, BETA = 0.1, 0.02, 3, 6.0
 MAX_DIFFERING_PIXEL_FRACTION = 1e-3
 HYPERPARAMS = {
     "natural": natural.NaturalHyperparams(),
-    "pgd_at": pgd_at.PGDATHyperparams(eps=EPS, step_size=STEP_SIZE, num_steps=NUM_STEPS),
-    "trades": trades.TradesHyperparams(beta=BETA, eps=EPS, step_size=STEP_SIZE,
-                                       num_steps=NUM_STEPS),
+    "pgd_at": AttackBudget(eps=EPS, step_size=STEP_SIZE, num_steps=NUM_STEPS),
+    "trades": trades.TradesHyperparams(
+        beta=BETA, attack=AttackBudget(eps=EPS, step_size=STEP_SIZE, num_steps=NUM_STEPS)),
 }
 # Train-mode passes per step, each of which updates BatchNorm's running statistics.
 BN_UPDATES = {"natural": 1, "pgd_at": 1, "trades": 3}
@@ -126,7 +127,7 @@ def jax_start_and_adversarial(method, state, batch, rng):
       return (parts.uniform_init(keys, images, EPS),
               pgd_at.adversarial_examples(state, images, labels, keys, hp))
     return (parts.gaussian_init(keys, images, 0.001),
-            trades.adversarial_examples(state, images, keys, hp))
+            trades.adversarial_examples(state, images, keys, hp.attack))
 
   mapped = jax.shard_map(per_device, mesh=parallel.make_mesh(jax.devices()[:1]),
                          in_specs=(parallel.REPLICATED, parallel.SHARDED),

@@ -9,12 +9,14 @@ import pytest
 
 from act_jax import models, optimizers
 from act_jax.methods.act import ACTHyperparams
+from act_jax.methods.common import AttackBudget
 from act_jax.train_state import create_act_state
 
 from helpers import run_one_device_step, with_model
 
-HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.1,
-                    step_size=0.02, num_steps=3, attack_loss_reduction="reference")
+HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0,
+                    attack_loss_reduction="reference",
+                    attack=AttackBudget(eps=0.1, step_size=0.02, num_steps=3))
 OPTIM = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
                                        lr_decay_epochs=(), lr_decay_factor=0.1))
 # bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%) in every conv and BN output;

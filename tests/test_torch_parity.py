@@ -16,6 +16,7 @@ import pytest
 from act_jax import attacks, models, optimizers, parallel
 from act_jax.attacks import parts
 from act_jax.methods.act import ACTHyperparams
+from act_jax.methods.common import AttackBudget
 from act_jax.train_state import ACTState, ModelState, eval_mode_logits
 
 from helpers import (
@@ -36,8 +37,9 @@ torch = pytest.importorskip(
 
 from benchmarks import torch_act  # noqa: E402  (needs torch, checked above)
 
-HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.1, step_size=0.02,
-                    num_steps=3, attack_loss_reduction="reference")
+HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0,
+                    attack_loss_reduction="reference",
+                    attack=AttackBudget(eps=0.1, step_size=0.02, num_steps=3))
 LEARNING_RATE = 0.05
 WEIGHT_DECAY = 5e-4
 IMAGE_SHAPE = (28, 28, 1)
@@ -74,8 +76,9 @@ def jax_noise_and_adversarial(state, batch, rng):
                                                mutable=["batch_stats"])
     adversarial = attacks.act_training_attack(
         eval_mode_logits(state.robust), images, labels,
-        natural_logits, keys, eps=HP.eps, step_size=HP.step_size, num_steps=HP.num_steps,
-        alpha=HP.robust_alpha, reduction=HP.attack_loss_reduction, global_batch_size=BATCH)
+        natural_logits, keys, eps=HP.attack.eps, step_size=HP.attack.step_size,
+        num_steps=HP.attack.num_steps, alpha=HP.robust_alpha, reduction=HP.attack_loss_reduction,
+        global_batch_size=BATCH)
     return noise, adversarial
 
   mapped = jax.shard_map(per_device, mesh=parallel.make_mesh(jax.devices()[:1]),
@@ -147,7 +150,8 @@ def test_adversarial_examples_agree(parity):
         f"max |diff| elsewhere {np.max(difference[~differing], initial=0.0):.2e}")
   assert differing.mean() <= MAX_DIFFERING_PIXEL_FRACTION
   # A flipped sign moves a pixel by at most 2 * step per step, and the projection bounds it.
-  assert difference.max() <= min(2 * HP.step_size * HP.num_steps, 2 * HP.eps) + 1e-6
+  budget = HP.attack
+  assert difference.max() <= min(2 * budget.step_size * budget.num_steps, 2 * budget.eps) + 1e-6
 
 
 def test_updated_params_agree(parity):

@@ -8,12 +8,14 @@ import pytest
 
 from act_jax import attacks, losses, models, optimizers
 from act_jax.methods.act import ACTHyperparams
+from act_jax.methods.common import AttackBudget
 from act_jax.train_state import create_act_state, eval_mode_logits
 
 from helpers import assert_trees_close, run_one_device_step
 
-HP = ACTHyperparams(natural_alpha=0.8, robust_alpha=0.7, temperature=4.0, eps=0.1, step_size=0.02,
-                    num_steps=3, attack_loss_reduction="reference")
+HP = ACTHyperparams(natural_alpha=0.8, robust_alpha=0.7, temperature=4.0,
+                    attack_loss_reduction="reference",
+                    attack=AttackBudget(eps=0.1, step_size=0.02, num_steps=3))
 IMAGE_SHAPE = (8, 8, 1)
 BATCH = 6
 
@@ -57,9 +59,9 @@ def reference_adversarial(model, state, batch, rng, robust_logits_fn=None):
                                     batch["image"])
   return attacks.act_training_attack(
       robust_logits_fn or eval_mode_logits(state.robust), batch["image"], batch["label"],
-      natural_logits, attack_keys(rng), eps=HP.eps, step_size=HP.step_size,
-      num_steps=HP.num_steps, alpha=HP.robust_alpha, reduction=HP.attack_loss_reduction,
-      global_batch_size=BATCH)
+      natural_logits, attack_keys(rng), eps=HP.attack.eps,
+      step_size=HP.attack.step_size, num_steps=HP.attack.num_steps, alpha=HP.robust_alpha,
+      reduction=HP.attack_loss_reduction, global_batch_size=BATCH)
 
 
 def reference_losses(model, state, batch, adversarial):

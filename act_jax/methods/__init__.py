@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from act_jax.methods import act, natural, pgd_at, trades
+from act_jax.methods.common import AttackBudget
 from act_jax.train_state import ModelState
 
 
@@ -53,7 +54,7 @@ def _method(name: str, module: ModuleType, hyperparams: Any) -> Method:
 
 METHODS = {
     "natural": _method("natural", natural, natural.NaturalHyperparams),
-    "pgd_at": _method("pgd_at", pgd_at, pgd_at.PGDATHyperparams),
+    "pgd_at": _method("pgd_at", pgd_at, AttackBudget),
     "trades": _method("trades", trades, trades.TradesHyperparams),
     "act": _method("act", act, act.ACTHyperparams),
 }

@@ -12,6 +12,7 @@ import optax
 
 from act_jax import attacks, losses
 from act_jax.methods.common import (
+  AttackBudget,
   Batch,
   Metrics,
   global_batch_size,
@@ -29,6 +30,8 @@ def forward_passes(num_attack_steps: int) -> int:
   """A step's work per example in forward-pass equivalents: two training passes (forward and
   backward, ~3 each) and K attack steps (a forward pass and an input gradient, ~2 each)."""
   return 6 + 2 * num_attack_steps
+
+
 CONFIG_FIELDS = ("act.natural_alpha", "act.robust_alpha", "act.temperature",
                  "attack.loss_reduction")
 
@@ -37,25 +40,22 @@ CONFIG_FIELDS = ("act.natural_alpha", "act.robust_alpha", "act.temperature",
 class ACTHyperparams:
   """The scalars a step needs, frozen so that they can be static under jit.
 
-  `unroll_attack` unrolls the attack loop: the caller decides from the backend
-  (`parallel.unrolls_attack_loops`); it does not change what the step computes.
+  `attack` is the training attack's budget; how ACT's attack reduces its loss over the batch
+  (`attack_loss_reduction`) is ACT's own.
   """
   natural_alpha: float
   robust_alpha: float
   temperature: float
-  eps: float
-  step_size: float
-  num_steps: int
   attack_loss_reduction: str
-  unroll_attack: bool = False
+  attack: AttackBudget
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *,
                   unroll_attack: bool = False) -> "ACTHyperparams":
     return cls(natural_alpha=config.act.natural_alpha, robust_alpha=config.act.robust_alpha,
-               temperature=config.act.temperature, eps=config.attack.eps,
-               step_size=config.attack.step_size, num_steps=config.attack.num_steps,
-               attack_loss_reduction=config.attack.loss_reduction, unroll_attack=unroll_attack)
+               temperature=config.act.temperature,
+               attack_loss_reduction=config.attack.loss_reduction,
+               attack=AttackBudget.from_config(config, unroll_attack=unroll_attack))
 
 
 def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperparams,
@@ -77,9 +77,10 @@ def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperpar
 
   adversarial_images = attacks.act_training_attack(
       eval_mode_logits(robust), images, labels, natural_logits_target,
-      example_rngs(rng, state.step, images.shape[0]), eps=hp.eps, step_size=hp.step_size,
-      num_steps=hp.num_steps, alpha=hp.robust_alpha, reduction=hp.attack_loss_reduction,
-      global_batch_size=global_batch_size(images), unroll=hp.unroll_attack)
+      example_rngs(rng, state.step, images.shape[0]), eps=hp.attack.eps,
+      step_size=hp.attack.step_size, num_steps=hp.attack.num_steps, alpha=hp.robust_alpha,
+      reduction=hp.attack_loss_reduction, global_batch_size=global_batch_size(images),
+      unroll=hp.attack.unroll)
 
   def robust_loss_fn(params):
     logits, batch_stats = train_mode_logits(robust, params, adversarial_images)

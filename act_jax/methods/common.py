@@ -5,11 +5,13 @@ knows one axis name, `parallel.DATA_AXIS`; `parallel.distribute_train_step` runs
 `jax.shard_map` inside `jax.jit` for one device, many devices and many hosts alike.
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from act_jax import losses
@@ -18,6 +20,27 @@ from act_jax.train_state import ModelState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackBudget:
+  """The training attack's budget, `config.attack`: one place for every adversarial method.
+
+  PGD-AT, TRADES and ACT differ in the attack's start and objective, never in its budget: an
+  L-inf radius `eps`, `num_steps` sign steps of `step_size`. Frozen, so that it can be static
+  under jit. `unroll` only changes how the attack loop compiles: the caller decides from the
+  backend (`parallel.unrolls_attack_loops`); it does not change what the step computes.
+  """
+  eps: float
+  step_size: float
+  num_steps: int
+  unroll: bool = False
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *,
+                  unroll_attack: bool = False) -> "AttackBudget":
+    return cls(eps=config.attack.eps, step_size=config.attack.step_size,
+               num_steps=config.attack.num_steps, unroll=unroll_attack)
 
 
 def global_batch_size(images: jax.Array) -> int:

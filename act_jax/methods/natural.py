@@ -16,6 +16,8 @@ def forward_passes(num_attack_steps: int) -> int:
   """One training pass (forward and backward, ~3 forward-pass equivalents) per example."""
   del num_attack_steps
   return 3
+
+
 CONFIG_FIELDS = ()
 
 

@@ -7,14 +7,17 @@ own code predates that distinction and attacked the model as it trained. The los
 CE(f(x'), y) with f in train mode.
 """
 
-import dataclasses
-
 import jax
-import ml_collections
 import optax
 
 from act_jax import attacks
-from act_jax.methods.common import Batch, Metrics, cross_entropy_loss_fn, one_model_step
+from act_jax.methods.common import (
+  AttackBudget,
+  Batch,
+  Metrics,
+  cross_entropy_loss_fn,
+  one_model_step,
+)
 from act_jax.parallel import example_rngs
 from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
 
@@ -24,35 +27,24 @@ MODEL_NAMES = ("robust",)
 def forward_passes(num_attack_steps: int) -> int:
   """K attack steps (~2 forward-pass equivalents each) and one training pass (~3)."""
   return 3 + 2 * num_attack_steps
+
+
 CONFIG_FIELDS = ()
 
-
-@dataclasses.dataclass(frozen=True)
-class PGDATHyperparams:
-  """The training attack; `unroll_attack` only changes how its loop compiles."""
-  eps: float
-  step_size: float
-  num_steps: int
-  unroll_attack: bool = False
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *,
-                  unroll_attack: bool = False) -> "PGDATHyperparams":
-    return cls(eps=config.attack.eps, step_size=config.attack.step_size,
-               num_steps=config.attack.num_steps, unroll_attack=unroll_attack)
-
-
 def adversarial_examples(state: ModelState, images: jax.Array, labels: jax.Array,
-                         keys: jax.Array, hp: PGDATHyperparams) -> jax.Array:
+                         keys: jax.Array, budget: AttackBudget) -> jax.Array:
   """Madry et al.'s PGD-K on CE from a uniform start, with the model in eval mode."""
-  return attacks.pgd(eval_mode_logits(state), images, labels, keys, eps=hp.eps,
-                     step_size=hp.step_size, num_steps=hp.num_steps, loss="ce", init="uniform",
-                     unroll=hp.unroll_attack)
+  return attacks.pgd(eval_mode_logits(state), images, labels, keys, eps=budget.eps,
+                     step_size=budget.step_size, num_steps=budget.num_steps, loss="ce",
+                     init="uniform", unroll=budget.unroll)
 
 
-def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: PGDATHyperparams,
+def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: AttackBudget,
                learning_rate_fn: optax.Schedule) -> tuple[ModelState, Metrics]:
-  """One SGD step on CE(f(x'), y), x' crafted against the current model."""
+  """One SGD step on CE(f(x'), y), x' crafted against the current model.
+
+  PGD-AT's only hyperparameters are its attack's budget, so `hp` is that budget.
+  """
   images, labels = batch["image"], batch["label"]
   adversarial = adversarial_examples(state, images, labels,
                                      example_rngs(rng, state.step, images.shape[0]), hp)

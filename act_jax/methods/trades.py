@@ -20,7 +20,13 @@ import ml_collections
 import optax
 
 from act_jax import attacks, losses
-from act_jax.methods.common import Batch, Metrics, one_model_step, train_mode_logits
+from act_jax.methods.common import (
+  AttackBudget,
+  Batch,
+  Metrics,
+  one_model_step,
+  train_mode_logits,
+)
 from act_jax.parallel import example_rngs
 from act_jax.train_state import ModelState, eval_mode_logits, init_model_state
 
@@ -31,30 +37,29 @@ def forward_passes(num_attack_steps: int) -> int:
   """The clean target (1), K attack steps (2 each), training passes on x and x' (3 each) and
   the statistics-only pass on x (1), in forward-pass equivalents per example."""
   return 8 + 2 * num_attack_steps
+
+
 CONFIG_FIELDS = ("trades.beta",)
 
 
 @dataclasses.dataclass(frozen=True)
 class TradesHyperparams:
-  """beta weighs the robustness (KL) term; `unroll_attack` only changes how the loop compiles."""
+  """beta weighs the robustness (KL) term; `attack` is the training attack's budget."""
   beta: float
-  eps: float
-  step_size: float
-  num_steps: int
-  unroll_attack: bool = False
+  attack: AttackBudget
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *,
                   unroll_attack: bool = False) -> "TradesHyperparams":
-    return cls(beta=config.trades.beta, eps=config.attack.eps, step_size=config.attack.step_size,
-               num_steps=config.attack.num_steps, unroll_attack=unroll_attack)
+    return cls(beta=config.trades.beta,
+               attack=AttackBudget.from_config(config, unroll_attack=unroll_attack))
 
 
 def adversarial_examples(state: ModelState, images: jax.Array, keys: jax.Array,
-                         hp: TradesHyperparams) -> jax.Array:
-  return attacks.trades_training_attack(eval_mode_logits(state), images, keys, eps=hp.eps,
-                                        step_size=hp.step_size, num_steps=hp.num_steps,
-                                        unroll=hp.unroll_attack)
+                         budget: AttackBudget) -> jax.Array:
+  return attacks.trades_training_attack(eval_mode_logits(state), images, keys, eps=budget.eps,
+                                        step_size=budget.step_size, num_steps=budget.num_steps,
+                                        unroll=budget.unroll)
 
 
 def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: TradesHyperparams,
@@ -62,7 +67,7 @@ def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: TradesHyp
   """One SGD step on the TRADES loss, x' crafted against the current model."""
   images, labels = batch["image"], batch["label"]
   adversarial = adversarial_examples(state, images,
-                                     example_rngs(rng, state.step, images.shape[0]), hp)
+                                     example_rngs(rng, state.step, images.shape[0]), hp.attack)
 
   def loss_fn(params):
     clean_logits, after_clean = train_mode_logits(state, params, images)

@@ -15,6 +15,7 @@ import numpy as np
 
 from act_jax import models, optimizers, parallel
 from act_jax.methods.act import ACTHyperparams, train_step
+from act_jax.methods.common import AttackBudget
 from act_jax.train_state import create_act_state
 
 from helpers import with_model
@@ -22,8 +23,9 @@ from helpers import with_model
 GLOBAL_BATCH = 16
 OPTIM = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
                                        lr_decay_epochs=(), lr_decay_factor=0.1))
-HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0, eps=0.1,
-                    step_size=0.02, num_steps=3, attack_loss_reduction="reference")
+HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0,
+                    attack_loss_reduction="reference",
+                    attack=AttackBudget(eps=0.1, step_size=0.02, num_steps=3))
 
 
 def run(devices, state, batch, rng, bn_axis_name="data"):
