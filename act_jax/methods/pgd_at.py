@@ -31,6 +31,7 @@ def forward_passes(num_attack_steps: int) -> int:
 
 CONFIG_FIELDS = ()
 
+
 def adversarial_examples(state: ModelState, images: jax.Array, labels: jax.Array,
                          keys: jax.Array, budget: AttackBudget) -> jax.Array:
   """Madry et al.'s PGD-K on CE from a uniform start, with the model in eval mode."""
