@@ -6,6 +6,7 @@ device, many devices and many hosts alike. State is replicated; batches are spli
 data axis of a one-dimensional mesh over all devices of all processes.
 """
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,8 +67,25 @@ def unrolls_attack_loops(mesh: Mesh) -> bool:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a host tree (identical on every process) on all devices of `mesh`."""
-  return jax.device_put(tree, NamedSharding(mesh, REPLICATED))
+  """Places a tree that is identical on every process on all devices of `mesh`.
+
+  Every leaf goes through host memory. `jax.device_put` of an array already on one local device
+  into a sharding that spans several processes builds a malformed array when each process has
+  a single device (JAX 0.10): computations accept it, but orbax fails to save it ("An argument
+  array had 2 shard(s)").
+  """
+  sharding = NamedSharding(mesh, REPLICATED)
+  return jax.tree.map(lambda leaf: jax.device_put(np.asarray(leaf), sharding), tree)
+
+
+def device_copier(tree: Any) -> Callable[[Any], Any]:
+  """A compiled copy of trees laid out like `tree`, into exactly `tree`'s shardings.
+
+  The copy stays on the devices (no host transfer); stating the output shardings keeps every
+  process's copy a well-formed global array, as orbax needs to save it.
+  """
+  shardings = jax.tree.map(lambda leaf: leaf.sharding, tree)
+  return jax.jit(functools.partial(jax.tree.map, jnp.copy), out_shardings=shardings)
 
 
 def shard_host_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

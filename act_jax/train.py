@@ -11,7 +11,6 @@ import signal
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -76,11 +75,6 @@ def _prepare_dataset_chief_first(dataset_config: ml_collections.ConfigDict,
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("act_jax: dataset prepared by process 0")
   return info if is_chief else datasets.dataset_info(dataset_config)
-
-
-# One program copies a whole state. It reads the state after the step that made it and before
-# the next step, which is donated that state, so it never runs beside a step's collectives.
-_device_copy = jax.jit(functools.partial(jax.tree.map, jnp.copy))
 
 
 class NonFiniteError(UserError):
@@ -167,6 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_chief:
       print(f"Resuming from step {position.step} in {workdir}", flush=True)
 
+  # One program copies a whole state for a pending checkpoint. It reads the state after the step
+  # that made it and before the next step, which is donated that state, so it never runs beside
+  # a step's collectives.
+  copy_state = parallel.device_copier(state)
   schedule = optimizers.learning_rate_schedule(config.optim, steps_per_epoch,
                                                global_batch_size=config.train.batch_size,
                                                total_steps=total_steps)
@@ -267,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if last:  # no next step to wait for
         save(position, state)
       elif scheduled:  # a copy: the next step is handed (donated) this state's buffers
-        pending = (position, _device_copy(state))
+        pending = (position, copy_state(state))
       if interrupted:
         progress.write(f"Stopped at step {step}; resume by running the same command again.")
         return results

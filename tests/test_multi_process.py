@@ -8,9 +8,11 @@ gloo collectives, exactly as `--distributed=auto` does when a launcher sets the 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -28,15 +30,15 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def train(workdir, data_dir, *, processes: int, devices_per_process: int,
-          max_steps: int) -> list[str]:
-  """Runs the CLI as `processes` processes of `devices_per_process` CPU devices; their stdouts."""
+def launch(workdir, data_dir, *, processes: int, devices_per_process: int, max_steps: int,
+           flags: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+  """Starts the CLI as `processes` processes of `devices_per_process` CPU devices each."""
   command = [sys.executable, "-m", "act_jax.main", "--config=configs/fashion_mnist.py",
              f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
              "--config.model.base_width=8", "--config.train.batch_size=32",
              f"--config.train.max_steps={max_steps}", "--config.train.log_every_steps=1",
              "--config.attack.num_steps=3", "--config.eval.num_steps=3",
-             "--config.eval.num_examples=256", "--config.eval.batch_size=64"]
+             "--config.eval.num_examples=256", "--config.eval.batch_size=64", *flags]
   environment = dict(os.environ, PYTHONPATH=REPO,
                      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
@@ -44,15 +46,24 @@ def train(workdir, data_dir, *, processes: int, devices_per_process: int,
   if processes > 1:
     environment.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
                        JAX_NUM_PROCESSES=str(processes))
-  runs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+  return [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=dict(environment, JAX_PROCESS_ID=str(index)))
           for index in range(processes)]
+
+
+def finish(runs: list[subprocess.Popen]) -> list[str]:
+  """Waits for every process; their outputs, after asserting that each exited 0."""
   outputs = []
   for index, run in enumerate(runs):
     output, _ = run.communicate(timeout=RUN_TIMEOUT_S)
-    assert run.returncode == 0, f"process {index} of {processes} failed:\n{output[-5000:]}"
+    assert run.returncode == 0, f"process {index} of {len(runs)} failed:\n{output[-5000:]}"
     outputs.append(output)
   return outputs
+
+
+def train(workdir, data_dir, **kwargs) -> list[str]:
+  """Runs the CLI to its end (see `launch`); the processes' outputs."""
+  return finish(launch(workdir, data_dir, **kwargs))
 
 
 def results(workdir) -> dict:
@@ -133,3 +144,87 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_one_device(runs):
   for name in ("natural", "robust"):
     np.testing.assert_allclose(logits(resumed_two, name), logits(resumed_one, name),
                                rtol=1e-3, atol=1e-3)
+
+
+def wait_for_checkpoint(workdir, step: int, runs: list[subprocess.Popen]) -> None:
+  """Returns once checkpoint `step` is committed in `workdir`, or fails if the runs ended."""
+  directory = workdir / "checkpoints" / str(step)
+  deadline = time.monotonic() + RUN_TIMEOUT_S
+  while not (directory / "_CHECKPOINT_METADATA").exists():
+    if any(run.poll() is not None for run in runs):
+      outputs = "\n".join(run.communicate()[0][-3000:] for run in runs)
+      pytest.fail(f"the run ended before checkpoint {step} was written:\n{outputs}")
+    assert time.monotonic() < deadline, f"no checkpoint {step} after {RUN_TIMEOUT_S} s"
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices_per_process", [1, 2])
+def test_every_periodic_action_of_the_loop_runs_in_two_processes(tmp_path, devices_per_process):
+  """Two processes log, evaluate, write scheduled checkpoints, stop together on SIGTERM, and the
+  run resumes in two processes and in one.
+
+  Scheduled checkpoints are the delayed, finite-checked copies of the state; the final one is
+  written directly, so a run of a few steps never exercises them. Resumed in two processes, the
+  run equals an uninterrupted one step for step. Resumed in one process of as many devices, it
+  equals it too when each process had one device (the cross-device sums then add in the same
+  order); with two devices per process the sums' order differs, the attack's sign() turns that
+  rounding into whole steps on single pixels within a few steps (measured: from step 4 on), and
+  only the first steps after the resumption are compared, as in the test above.
+  """
+  data_dir = tmp_path / "tfds"
+  topology = dict(processes=2, devices_per_process=devices_per_process)
+  max_steps = 60
+  periodic = ("--config.train.checkpoint_every_steps=4", "--config.train.eval_every_steps=6",
+              "--config.train.max_checkpoints_to_keep=30")
+  reference = tmp_path / "uninterrupted"
+  train(reference, data_dir, **topology, max_steps=max_steps, flags=periodic)
+  expected = results(reference)
+  assert sorted(int(name) for name in os.listdir(reference / "checkpoints")) == sorted(
+      {*range(4, max_steps, 4), max_steps})
+  assert [e["step"] for e in expected["evaluations"]] == [*range(6, max_steps, 6), max_steps]
+
+  preempted = tmp_path / "preempted"
+  runs = launch(preempted, data_dir, **topology, max_steps=max_steps, flags=periodic)
+  wait_for_checkpoint(preempted, 8, runs)
+  for run in runs:  # as a scheduler preempts a job: every process gets SIGTERM
+    run.send_signal(signal.SIGTERM)
+  outputs = finish(runs)
+  log = results(preempted)["train_log"]
+  stopped = log[-1]["step"]
+  assert f"Stopped at step {stopped}" in outputs[0], "\n".join(
+      line for output in outputs for line in output.splitlines()
+      if "SIGTERM" in line or "preemption" in line or "Stopped" in line)
+  assert 8 < stopped < max_steps, "the signal must stop the run between its checkpoints and end"
+  assert sorted(int(name) for name in os.listdir(preempted / "checkpoints")) == sorted(
+      {*range(4, stopped, 4), stopped})
+  assert_logs_close(log, expected["train_log"][:stopped], rtol=1e-5)
+
+  in_two, in_one = tmp_path / "resumed_in_two", tmp_path / "resumed_in_one"
+  shutil.copytree(preempted, in_two)
+  shutil.copytree(preempted, in_one)
+  (two_output, _) = train(in_two, data_dir, **topology, max_steps=max_steps, flags=periodic)
+  (one_output,) = train(in_one, data_dir, processes=1, devices_per_process=2 * devices_per_process,
+                        max_steps=max_steps, flags=periodic)
+  for workdir, output in ((in_two, two_output), (in_one, one_output)):
+    assert f"Resuming from step {stopped}" in output
+    got = results(workdir)
+    assert got["train_log"][:stopped] == log
+    assert [e["step"] for e in got["evaluations"]] == [e["step"] for e in expected["evaluations"]]
+    assert sorted(int(name) for name in os.listdir(workdir / "checkpoints")) == sorted(
+        {*range(4, max_steps, 4), stopped, max_steps})
+
+  def assert_equals_uninterrupted(got: dict) -> None:
+    assert_logs_close(got["train_log"], expected["train_log"], rtol=1e-5)
+    for name in ("natural", "robust"):
+      for kind in ("clean", "pgd3"):  # at most one of 256 examples may flip on a rounding tie
+        assert abs(got["final"]["accuracy"][name][kind]
+                   - expected["final"]["accuracy"][name][kind]) <= 1 / 256
+
+  assert_equals_uninterrupted(results(in_two))
+  if devices_per_process == 1:
+    assert_equals_uninterrupted(results(in_one))
+  else:
+    assert_logs_close(results(in_one)["train_log"][:stopped + 2],
+                      expected["train_log"][:stopped + 2], rtol=1e-3, atol=1e-3,
+                      accuracy_atol=1 / 32)
