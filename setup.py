@@ -4,6 +4,10 @@ import pathlib
 
 import setuptools
 
+# What TFDS needs at run time: etils' epath extra no longer pulls in importlib_resources,
+# which TFDS imports to find a dataset's code (etils 1.15).
+TFDS_EXTRA = ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9.6", "importlib_resources>=6"]
+
 setuptools.setup(
     name="act-jax",
     version="0.1.0",
@@ -28,9 +32,8 @@ setuptools.setup(
     ],
     extras_require={
         # ImageNet (tf.data) and a first read of CIFAR; Fashion-MNIST and cached CIFAR need none.
-        "tfds": ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9.6"],
-        "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6", "tensorflow-cpu>=2.16",
-                 "tensorflow-datasets>=4.9.6"],
+        "tfds": TFDS_EXTRA,
+        "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6", *TFDS_EXTRA],
         "torch": ["torch==2.13.0"],  # the CPU build; benchmarks/ and the parity test
     },
 )

@@ -5,14 +5,10 @@ straight into the sharding of the live state, so a run can resume on a different
 A checkpoint that cannot be restored falls back to the next older one.
 """
 
-import contextlib
 import dataclasses
 import logging
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -20,6 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from etils import epath
 
+from act_jax import stderr
 from act_jax.errors import UserError
 
 UNRESTORABLE_DIR = "unrestorable_checkpoints"
@@ -83,23 +80,6 @@ class CheckpointError(UserError):
   """An asked-for checkpoint is missing or cannot be restored."""
 
 
-@contextlib.contextmanager
-def _stderr_captured() -> Iterator[Callable[[], str]]:
-  """Redirects file descriptor 2 (Python's and native code's stderr) into a temporary file;
-  yields a function that returns what was written so far."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile(mode="w+b") as capture:
-    os.dup2(capture.fileno(), 2)
-    try:
-      yield lambda: (sys.stderr.flush(), capture.seek(0), capture.read())[2].decode(
-          errors="replace")
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
 def _warn(message: str) -> None:
   if jax.process_index() == 0:
     print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -136,7 +116,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *
   for candidate in ([step] if step is not None else sorted(manager.all_steps(), reverse=True)):
     # A failed restore leaves orbax's I/O threads calling back into a closed event loop, each
     # printing a traceback: the attempt's stderr is held back, and dropped if it fails.
-    with _stderr_captured() as captured:
+    with stderr.captured() as captured:
       try:
         restored = manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract({"train_state": state, "rng": rng})),

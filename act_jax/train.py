@@ -65,12 +65,13 @@ class _PreemptionFlag:
 
 def _prepare_dataset_chief_first(dataset_config: ml_collections.ConfigDict,
                                  is_chief: bool) -> datasets.DatasetInfo:
-  """Dataset metadata, preparing the dataset if needed: process 0 first, then the others.
+  """Dataset metadata, writing CIFAR's array cache if needed: process 0 first, then the others.
 
-  Processes that share `data_dir` (a bucket, or one machine's disk) then find a TFDS dataset
-  (or CIFAR's array cache) prepared instead of racing to write it; processes on other hosts
-  with a local `data_dir` prepare their own copy.
+  Processes that share `data_dir` (a bucket, or one machine's disk) then find the cache written
+  instead of racing to write it; processes on other hosts with a local `data_dir` write their
+  own copy. A TFDS dataset is never downloaded or built here (`act_jax.prepare_data` does it).
   """
+  datasets.check_available(dataset_config)  # every process: all stop at once if it is missing
   info = datasets.dataset_info(dataset_config) if is_chief else None
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("act_jax: dataset prepared by process 0")

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from typing import Any
+from unittest import mock
 
 from act_jax import parallel
 
@@ -137,8 +138,10 @@ def time_imagenet_input(args: argparse.Namespace) -> dict[str, Any]:
   except ImportError:
     return {"skipped": "TensorFlow is not installed (pip install -e '.[tfds]')"}
   from act_jax.data import tfds_pipeline
+  # Mock data counts as prepared (act_jax reads only prepared datasets).
   with tempfile.TemporaryDirectory() as data_dir, tfds.testing.mock_data(
-      num_examples=args.batch * (args.imagenet_batches + 2)):
+      num_examples=args.batch * (args.imagenet_batches + 2)), mock.patch.object(
+          tfds.core.DatasetBuilder, "is_prepared", return_value=True):
     batches = tfds_pipeline.imagenet_train_batches(per_process_batch_size=args.batch, seed=0,
                                                    data_dir=data_dir)
     next(batches)  # builds the pipeline, fills the prefetch buffer

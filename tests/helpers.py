@@ -1,5 +1,6 @@
 """Helpers that several test modules share; fixtures live in conftest.py and use these."""
 
+import contextlib
 import functools
 import gzip
 import json
@@ -7,6 +8,8 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -181,3 +184,13 @@ def unbiased_running_var(old_var, flax_new_var, n: int, updates: int = 1):
 
 def relative_difference(actual, expected) -> float:
   return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-12)))
+
+
+@contextlib.contextmanager
+def mock_prepared_tfds(num_examples: int) -> Iterator[None]:
+  """`tfds.testing.mock_data`, whose datasets also count as prepared: act_jax refuses to read a
+  dataset that is not (it never downloads or builds one during a run)."""
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
+      tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+    yield

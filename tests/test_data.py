@@ -17,7 +17,7 @@ import pytest
 from act_jax import parallel
 from act_jax.data import datasets, fashion_mnist, in_memory, pipeline
 
-from helpers import write_fake_fashion_mnist
+from helpers import mock_prepared_tfds, write_fake_fashion_mnist
 
 NUM_TRAIN, NUM_TEST, BATCH = 50, 20, 8
 
@@ -162,17 +162,17 @@ def test_eval_data_serves_any_subset_of_its_examples(dataset_config):
 
 
 def test_cifar_is_read_once_then_served_from_its_array_cache(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
   config = ml_collections.ConfigDict(dict(name="cifar10", fashion_mnist_dir="", data_dir=str(
       tmp_path), image_size=None, validation_examples=0))
-  with tfds.testing.mock_data(num_examples=20):
+  with mock_prepared_tfds(num_examples=20):
     info = datasets.dataset_info(config)  # reads both splits through TFDS
     first = datasets.in_memory_split(config, "train")
   assert (info.num_train, info.num_test, info.image_shape) == (20, 20, (32, 32, 3))
   for split in ("train", "test"):
     assert os.path.exists(datasets.npz_cache_path(str(tmp_path), "cifar10", split))
   datasets._stored_split.cache_clear()
-  # No mock now: TFDS would try (and here fail) to download; the cache serves both splits.
+  # No mock now: the dataset is not prepared in tmp_path; the cache serves both splits.
   assert datasets.dataset_info(config) == info
   again = datasets.in_memory_split(config, "train")
   np.testing.assert_array_equal(again.images, first.images)

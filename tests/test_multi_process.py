@@ -30,15 +30,24 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def launch(workdir, data_dir, *, processes: int, devices_per_process: int, max_steps: int,
-           flags: tuple[str, ...] = ()) -> list[subprocess.Popen]:
-  """Starts the CLI as `processes` processes of `devices_per_process` CPU devices each."""
-  command = [sys.executable, "-m", "act_jax.main", "--config=configs/fashion_mnist.py",
-             f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
-             "--config.model.base_width=8", "--config.train.batch_size=32",
-             f"--config.train.max_steps={max_steps}", "--config.train.log_every_steps=1",
-             "--config.attack.num_steps=3", "--config.eval.num_steps=3",
-             "--config.eval.num_examples=256", "--config.eval.batch_size=64", *flags]
+def training_arguments(workdir, data_dir, max_steps: int, flags: tuple[str, ...] = ()
+                       ) -> list[str]:
+  """`act_jax.main` on a small recipe of Fashion-MNIST, shrunk to a few steps."""
+  return ["act_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
+          *SMALL_RECIPE, f"--config.dataset.data_dir={data_dir}",
+          f"--config.train.max_steps={max_steps}", *flags]
+
+
+SMALL_RECIPE = ("--config.model.base_width=8", "--config.train.batch_size=32",
+                "--config.train.log_every_steps=1", "--config.attack.num_steps=3",
+                "--config.eval.num_steps=3", "--config.eval.num_examples=256",
+                "--config.eval.batch_size=64")
+
+
+def launch_module(arguments: list[str], *, processes: int, devices_per_process: int
+                  ) -> list[subprocess.Popen]:
+  """Starts `python -m <arguments>` as `processes` processes of `devices_per_process` CPU
+  devices each, joined as a launcher joins them (the JAX_* variables)."""
   environment = dict(os.environ, PYTHONPATH=REPO,
                      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
@@ -46,9 +55,17 @@ def launch(workdir, data_dir, *, processes: int, devices_per_process: int, max_s
   if processes > 1:
     environment.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
                        JAX_NUM_PROCESSES=str(processes))
-  return [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=dict(environment, JAX_PROCESS_ID=str(index)))
+  return [subprocess.Popen([sys.executable, "-m", *arguments], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(environment, JAX_PROCESS_ID=str(index)))
           for index in range(processes)]
+
+
+def launch(workdir, data_dir, *, processes: int, devices_per_process: int, max_steps: int,
+           flags: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+  """Starts training (see `training_arguments`) in `processes` processes."""
+  return launch_module(training_arguments(workdir, data_dir, max_steps, flags),
+                       processes=processes, devices_per_process=devices_per_process)
 
 
 def finish(runs: list[subprocess.Popen]) -> list[str]:
@@ -228,3 +245,48 @@ def test_every_periodic_action_of_the_loop_runs_in_two_processes(tmp_path, devic
     assert_logs_close(results(in_one)["train_log"][:stopped + 2],
                       expected["train_log"][:stopped + 2], rtol=1e-3, atol=1e-3,
                       accuracy_atol=1 / 32)
+
+
+def test_evaluate_in_two_processes_equals_one(runs, tmp_path):
+  """`python -m act_jax.evaluate` over 2 processes x 2 devices gives the 1 x 4 numbers."""
+  reports = {}
+  for processes, devices in ((2, 2), (1, 4)):
+    output = tmp_path / f"robustness_{processes}.json"
+    finish(launch_module(
+        ["act_jax.evaluate", f"--workdir={runs['two_hosts']}", "--attacks=clean,pgd3,apgd-ce",
+         "--num-examples=64", "--batch-size=32", "--apgd-steps=3", "--eps-sweep=0,0.1",
+         f"--output={output}"], processes=processes, devices_per_process=devices))
+    with open(output) as f:
+      reports[processes] = json.load(f)
+  two, one = reports[2], reports[1]
+  assert two["num_examples"] == one["num_examples"] == 64
+  for model in ("natural", "robust"):
+    for attack, accuracy in one["accuracy"][model].items():
+      assert abs(two["accuracy"][model][attack] - accuracy) <= 1 / 64, (model, attack)
+    np.testing.assert_allclose(two["eps_sweep"]["accuracy"][model],
+                               one["eps_sweep"]["accuracy"][model], atol=1 / 64)
+
+
+@pytest.mark.slow
+def test_a_study_in_two_processes_equals_one(runs, tmp_path):
+  """The study (training, its evaluation and AutoAttack) over 2 processes x 2 devices gives the
+  1 x 4 study's numbers."""
+  studies = {}
+  for processes, devices in ((2, 2), (1, 4)):
+    workdir = tmp_path / f"study_{processes}"
+    outputs = finish(launch_module(
+        ["act_jax.study", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
+         "--methods=natural,act", "--seeds=0", "--autoattack_examples=64", "--apgd_steps=3",
+         *SMALL_RECIPE, "--config.eval.num_steps=20", "--config.train.max_steps=3",
+         f"--config.dataset.data_dir={runs['data_dir']}"],
+        processes=processes, devices_per_process=devices))
+    if processes > 1:
+      assert "| method" in outputs[0] and "| method" not in outputs[1]  # one report
+    with open(workdir / "study.json") as f:
+      studies[processes] = json.load(f)
+  two, one = studies[2]["runs"], studies[1]["runs"]
+  assert [(r["method"], r["model"]) for r in two] == [(r["method"], r["model"]) for r in one]
+  for got, want in zip(two, one, strict=True):
+    assert abs(got["clean"] - want["clean"]) <= 1 / 256
+    assert abs(got["pgd20"] - want["pgd20"]) <= 1 / 256
+    assert abs(got["autoattack"] - want["autoattack"]) <= 1 / 64

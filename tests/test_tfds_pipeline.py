@@ -9,6 +9,8 @@ tfds = pytest.importorskip("tensorflow_datasets", reason="ImageNet's pipeline ne
 
 from act_jax.data import tfds_pipeline  # noqa: E402
 
+from helpers import mock_prepared_tfds  # noqa: E402
+
 
 def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
   return list(itertools.islice(iterator, count))
@@ -16,7 +18,7 @@ def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
 
 def test_imagenet_batches_resume_and_evaluation(tmp_path):
   kwargs = {"data_dir": str(tmp_path), "image_size": 32}
-  with tfds.testing.mock_data(num_examples=12):  # 3 steps an epoch
+  with mock_prepared_tfds(num_examples=12):  # 3 steps an epoch
     info = tfds_pipeline.imagenet_info(**kwargs)
     assert (info.num_classes, info.image_shape) == (1000, (32, 32, 3))
 

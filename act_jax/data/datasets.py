@@ -99,7 +99,29 @@ def dataset_info(dataset_config: ml_collections.ConfigDict) -> DatasetInfo:
                      num_test=len(in_memory_split(dataset_config, "test")))
 
 
+def data_dir_root(data_dir: str | None) -> str:
+  """The TFDS data directory that `data_dir` (None: TFDS's default) stands for."""
+  return data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
 def npz_cache_path(data_dir: str | None, name: str, split: str) -> str:
   """Where a TFDS-read small split is cached as uint8 arrays, beside the TFDS data."""
-  root = data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-  return os.path.join(root, "act_jax_arrays", f"{name}_{split}.npz")
+  return os.path.join(data_dir_root(data_dir), "act_jax_arrays", f"{name}_{split}.npz")
+
+
+def check_available(dataset_config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line error if the dataset is not where the config says; reads no data.
+
+  Every process of a run calls this before the first one writes anything, so that a missing
+  dataset stops all of them at once, naming the directory and how to prepare it.
+  """
+  name = dataset_config.name
+  if name == "fashion_mnist":
+    fashion_mnist.check_files(dataset_config.fashion_mnist_dir)
+    return
+  if name in IN_MEMORY_DATASETS and all(
+      os.path.exists(npz_cache_path(dataset_config.data_dir, name, split))
+      for split in ("train", "test")):
+    return
+  from act_jax.data import tfds_pipeline
+  tfds_pipeline.prepared_builder(name, dataset_config.data_dir)

@@ -48,17 +48,22 @@ def missing_files(directory: str) -> list[str]:
           if not os.path.exists(os.path.join(directory, name))]
 
 
-def read_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 images [n, 28, 28] and labels [n] of one split, checked for consistency.
-
-  Raises `DatasetMissingError` at once, naming the directory and the install command, when
-  the files are not there: reading local files needs no retries.
-  """
+def check_files(directory: str) -> None:
+  """Raises `DatasetMissingError` at once, naming the directory and the install command, when
+  the files are not there: reading local files needs no retries."""
   missing = missing_files(directory)
   if missing:
     raise DatasetMissingError(
         f"Fashion-MNIST not found in {directory} (missing {', '.join(missing)}): run "
         f"`{INSTALL_HINT}`, or point --config.dataset.fashion_mnist_dir at the IDX files")
+
+
+def read_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images [n, 28, 28] and labels [n] of one split, checked for consistency.
+
+  Raises `DatasetMissingError` when the files are missing (`check_files`).
+  """
+  check_files(directory)
   images_name, labels_name = IDX_FILES[split]
   images = read_idx(os.path.join(directory, images_name), IMAGE_MAGIC)
   labels = read_idx(os.path.join(directory, labels_name), LABEL_MAGIC)

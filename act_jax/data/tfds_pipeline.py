@@ -11,14 +11,19 @@ split (`tfds.split_for_jax_process`), shuffles it with a seed from (seed, proces
 augments each example with a seed from (seed, process, epoch, position).
 """
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from absl import logging as absl_logging
+from etils import epath
 
+from act_jax import stderr
 from act_jax.data import datasets
+from act_jax.errors import UserError
 
 DEFAULT_IMAGENET_SIZE = 224
 IMAGENET_SHUFFLE_BUFFER = 16_384  # examples (encoded JPEGs, ~2 GB) mixed across file order
@@ -26,10 +31,25 @@ _LAST_EPOCH = 2**62  # "forever": the train stream is an endless sequence of epo
 HostBatch = dict[str, np.ndarray]
 
 
+IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+PREPARE_DOCS = "docs/datasets.md"
+
+
+class DatasetNotPreparedError(UserError):
+  """A TFDS dataset is not prepared where the config says, or TensorFlow is missing to read it;
+  the message names `dataset.data_dir` and how to prepare it."""
+
+
 @functools.cache
 def _tf() -> Any:
   """TensorFlow, imported on first use and kept off the GPUs: the accelerators belong to JAX."""
-  import tensorflow as tf
+  try:
+    with stderr.captured():  # TF's C++ start-up notices (oneDNN, CPU features)
+      import tensorflow as tf
+  except ImportError:
+    raise DatasetNotPreparedError(
+        "reading a TFDS dataset (ImageNet, or CIFAR without its .npz cache) needs TensorFlow: "
+        "pip install -e '.[tfds]'") from None
   tf.config.set_visible_devices([], "GPU")
   return tf
 
@@ -40,11 +60,60 @@ def _tfds() -> Any:
   return tfds
 
 
-def _builder(name: str, data_dir: str | None) -> Any:
-  """A prepared TFDS builder (a no-op when the data is already in `data_dir`, e.g. on GCS)."""
-  builder = _tfds().builder(name, data_dir=data_dir)
-  builder.download_and_prepare()
+def prepare_command(name: str, data_dir: str | None) -> str:
+  return (f"python -m act_jax.prepare_data --dataset={name}"
+          + (f" --data_dir={data_dir}" if data_dir else ""))
+
+
+@contextlib.contextmanager
+def _quiet_absl_warnings() -> Iterator[None]:
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous)
+
+
+def prepared_builder(name: str, data_dir: str | None) -> Any:
+  """The TFDS builder of a dataset prepared in `data_dir`. Training and evaluation never
+  download or build a dataset: on a cluster every worker would start it, and without a network
+  TFDS retries for minutes before failing. `prepare_data` does it once, beforehand."""
+  tfds = _tfds()
+  with _quiet_absl_warnings():  # TFDS warns that an unprepared folder has no dataset_info.json
+    builder = tfds.builder(name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if not prepared:
+    raise DatasetNotPreparedError(
+        f"{name} is not prepared in dataset.data_dir={datasets.data_dir_root(data_dir)}: "
+        f"prepare it once with `{prepare_command(name, data_dir)}` (see {PREPARE_DOCS}), or point "
+        "--config.dataset.data_dir at a prepared copy")
   return builder
+
+
+def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> None:
+  """Downloads and prepares a TFDS dataset in `data_dir` (CIFAR: also its .npz caches).
+
+  ImageNet cannot be downloaded by TFDS: its two tarballs must be in `manual_dir` (default:
+  DATA_DIR/downloads/manual), and a missing one is reported before anything is built.
+  """
+  tfds = _tfds()
+  with _quiet_absl_warnings():
+    builder = tfds.builder(name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if name == "imagenet2012" and not prepared:
+    manual = epath.Path(manual_dir or os.path.join(datasets.data_dir_root(data_dir), "downloads",
+                                                   "manual"))
+    missing = [f for f in IMAGENET_MANUAL_FILES if not (manual / f).exists()]
+    if missing:
+      raise DatasetNotPreparedError(
+          f"imagenet2012: {', '.join(missing)} not found in {manual}: download them from "
+          f"image-net.org (TFDS cannot) and pass --manual_dir (see {PREPARE_DOCS})")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir))
+  if name in datasets.IN_MEMORY_DATASETS:
+    for split in ("train", "test"):
+      cifar_arrays(name, split, data_dir)
 
 
 def _num_examples(builder: Any, split: Any) -> int:
@@ -66,7 +135,7 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
   if os.path.exists(cache):
     with np.load(cache) as arrays:
       return arrays["image"], arrays["label"]
-  builder = _builder(name, data_dir)
+  builder = prepared_builder(name, data_dir)
   examples = builder.as_dataset(split=split, shuffle_files=False)
   # One batch of exactly the split's size (TFDS's batch_size=-1 needs split metadata, which
   # tfds.testing.mock_data does not provide).
@@ -81,7 +150,7 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
 
 def imagenet_info(data_dir: str | None, image_size: int | None) -> datasets.DatasetInfo:
   """ImageNet's classes and split sizes, preparing the TFDS dataset if needed."""
-  builder = _builder("imagenet2012", data_dir)
+  builder = prepared_builder("imagenet2012", data_dir)
   size = image_size or DEFAULT_IMAGENET_SIZE
   return datasets.DatasetInfo(
       name="imagenet2012", num_classes=builder.info.features["label"].num_classes,
@@ -93,7 +162,7 @@ def imagenet_steps_per_epoch(data_dir: str | None, *, global_batch_size: int,
                              process_count: int) -> int:
   """Every process has floor(num_train / process_count) examples (the split drops the
   remainder) and takes whole batches of global_batch_size / process_count from them."""
-  num_train = _num_examples(_builder("imagenet2012", data_dir), "train")
+  num_train = _num_examples(prepared_builder("imagenet2012", data_dir), "train")
   return (num_train // process_count) // (global_batch_size // process_count)
 
 
@@ -144,7 +213,7 @@ def imagenet_train_batches(*, per_process_batch_size: int, seed: int, start_step
   tf, tfds = _tf(), _tfds()
   from act_jax.data import augmentations  # imports TF
   batch = per_process_batch_size
-  builder = _builder("imagenet2012", data_dir)
+  builder = prepared_builder("imagenet2012", data_dir)
   split = _process_split("train", process_index, process_count, drop_remainder=True)
   records = builder.as_dataset(split=split, shuffle_files=False,
                                decoders={"image": tfds.decode.SkipDecoding()})
@@ -189,7 +258,7 @@ def imagenet_eval_batches(*, per_process_batch_size: int, num_examples: int | No
   tf = _tf()
   from act_jax.data import augmentations  # imports TF
   split = "validation"
-  builder = _builder("imagenet2012", data_dir)
+  builder = prepared_builder("imagenet2012", data_dir)
   total = _num_examples(builder, split)
   if num_examples is not None and num_examples < total:  # TFDS rejects slices past the end
     split, total = f"{split}[:{num_examples}]", num_examples

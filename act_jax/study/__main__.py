@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from act_jax import command_line, parallel
+from act_jax import command_line, distributed, parallel
 from act_jax.study import runner
 
 FLAGS = flags.FLAGS
@@ -28,6 +28,8 @@ flags.DEFINE_integer("autoattack_examples", 1000,
                      "AutoAttack (APGD-CE + APGD-T) runs on the first N test examples.")
 flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and of APGD-T per target.")
 flags.DEFINE_string("output_dir", None, "Where the tables and the plot go (default: --workdir).")
+flags.DEFINE_enum("distributed", "auto", distributed.MODES,
+                  "Call jax.distributed.initialize() first (see python -m act_jax.main).")
 
 
 def main(argv: list[str]) -> None:
@@ -35,8 +37,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS["verbosity"].present == 0:
     logging.set_verbosity(logging.WARNING)
-  parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
-                                        FLAGS.config.eval.batch_size])
+  if not distributed.initialize(FLAGS.distributed):
+    parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
+                                          FLAGS.config.eval.batch_size])
   request = runner.StudyRequest(
       config=FLAGS.config, workdir=FLAGS.workdir,
       methods=runner.parse_list(FLAGS.methods, str, "--methods"),

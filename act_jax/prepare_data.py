@@ -1,0 +1,39 @@
+"""`python -m act_jax.prepare_data --dataset=cifar10 [--data_dir=DIR] [--manual_dir=DIR]`
+
+Downloads and prepares a TFDS dataset once, before any run: training and evaluation only read
+prepared data (on a cluster, every worker would otherwise start the same download or build).
+CIFAR-10/100 are downloaded, prepared and cached as `.npz` arrays (later runs need no
+TensorFlow); ImageNet is built from its two tarballs, which TFDS cannot download (put them in
+DATA_DIR/downloads/manual or pass --manual_dir). Needs the `[tfds]` extra. Fashion-MNIST needs
+no preparation: `apt-get install dataset-fashion-mnist`.
+"""
+
+from absl import app, flags, logging
+
+from act_jax import command_line
+from act_jax.data import datasets
+
+TFDS_DATASETS = tuple(n for n in datasets.DATASET_NAMES if n != "fashion_mnist")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", None, TFDS_DATASETS, "The dataset to prepare.", required=True)
+flags.DEFINE_string("data_dir", None,
+                    "The TFDS data directory runs will read (their dataset.data_dir; default: "
+                    "~/tensorflow_datasets); may be gs://...")
+flags.DEFINE_string("manual_dir", None,
+                    "ImageNet only: where ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                    "are (default: DATA_DIR/downloads/manual).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  from act_jax.data import tfds_pipeline
+  tfds_pipeline.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+  print(f"{FLAGS.dataset} is prepared in {datasets.data_dir_root(FLAGS.data_dir)}; runs read it "
+        f"with --config.dataset.data_dir={datasets.data_dir_root(FLAGS.data_dir)}", flush=True)
+
+
+if __name__ == "__main__":
+  command_line.run(main)
