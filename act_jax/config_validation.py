@@ -112,8 +112,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
                 "train.max_checkpoints_to_keep"):
     _positive_int(config, field)
   _positive_int(config, "train.eval_every_steps", allow_zero=True)
-  if config.eval.num_examples is not None:
-    _positive_int(config, "eval.num_examples")
+  for field in ("num_examples", "periodic_num_examples"):
+    if config.eval.get(field) is not None:
+      _positive_int(config, f"eval.{field}")
   if config.train.max_steps is not None:
     _positive_int(config, "train.max_steps")
   if config.model.base_width is not None:

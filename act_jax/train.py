@@ -107,10 +107,10 @@ def _record(results: dict[str, Any], result: dict[str, Any], writer: reporting.S
             progress: reporting.Progress, results_path: epath.Path, is_chief: bool) -> None:
   """Appends one evaluation to the results, TensorBoard and results.json (kept current on disk)."""
   results["evaluations"].append(result)
-  writer.write(result["step"], {f"eval/{model}/{name}_accuracy": value
+  writer.write(result["step"], {f"{result['kind']}_eval/{model}/{name}_accuracy": value
                                 for model, by_name in result["accuracy"].items()
                                 for name, value in by_name.items()})
-  progress.write(f"step {result['step']}: " + ", ".join(
+  progress.write(f"step {result['step']} ({result['num_examples']} examples): " + ", ".join(
       f"{model} " + " ".join(f"{report.column_title(name)} {100 * value:.2f}%"
                              for name, value in by_name.items())
       for model, by_name in result["accuracy"].items()))
@@ -176,14 +176,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   evaluator = evaluator_lib.Evaluator(
       eval_mode_apply(model.apply), mesh, [attack_specs.parse(f"pgd{config.eval.num_steps}")],
       evaluator_lib.training_settings(config.eval, unroll=unroll))
-  eval_data = pipeline.eval_data(config, split=config.eval.split,
-                                 num_examples=config.eval.num_examples)
+  final_data = pipeline.eval_data(config, split=config.eval.split,
+                                  num_examples=config.eval.num_examples)
+  # The periodic evaluations (the learning curve) may use fewer examples than the final one.
+  periodic_examples = config.eval.periodic_num_examples or config.eval.num_examples
+  periodic_data = (final_data if periodic_examples == config.eval.num_examples else
+                   pipeline.eval_data(config, split=config.eval.split,
+                                      num_examples=periodic_examples))
 
-  def run_evaluation(step: int) -> dict[str, Any]:
+  def run_evaluation(step: int, kind: str) -> dict[str, Any]:
     variables = {name: model_state.variables
                  for name, model_state in method.models(state).items()}
-    result = evaluator(variables, eval_data, jax.random.fold_in(eval_rng, step))
-    return {"step": step, "split": config.eval.split, "num_examples": result.num_examples,
+    data = final_data if kind == "final" else periodic_data
+    result = evaluator(variables, data, jax.random.fold_in(eval_rng, step))
+    return {"step": step, "epoch": step / steps_per_epoch, "kind": kind,
+            "split": config.eval.split, "num_examples": result.num_examples,
             "accuracy": result.accuracy}
 
   results_path = workdir_path / "results.json"
@@ -248,8 +255,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       log = step % config.train.log_every_steps == 0 or step == total_steps
       last = interrupted or step == total_steps
       scheduled = step % config.train.checkpoint_every_steps == 0
+      # The last step's periodic evaluation is the final one, unless that one uses other
+      # examples: then the curve gets its own last point.
       evaluate = (config.train.eval_every_steps and step % config.train.eval_every_steps == 0
-                  and step != total_steps)
+                  and (step != total_steps or periodic_data is not final_data))
       if log or scheduled or last or evaluate or pending:
         check_finite()
       if pending:
@@ -271,9 +280,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress.write(f"Stopped at step {step}; resume by running the same command again.")
         return results
       if evaluate:
-        _record(results, run_evaluation(step), writer, progress, results_path, is_chief)
+        _record(results, run_evaluation(step, "periodic"), writer, progress, results_path,
+                is_chief)
         progress.reset_clock()
-    final = run_evaluation(step)
+    final = run_evaluation(step, "final")
     _record(results, final, writer, progress, results_path, is_chief)
     results["final"] = final
     progress.close()

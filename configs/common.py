@@ -74,5 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_steps = 20
   config.eval.batch_size = 256
   config.eval.num_examples = config_dict.placeholder(int)  # None: the whole split
+  # The periodic evaluations (train.eval_every_steps; the learning curve) on the first N
+  # examples of the same split; None: as many as the final evaluation (eval.num_examples).
+  config.eval.periodic_num_examples = config_dict.placeholder(int)
   config.eval.split = "test"  # or "validation" (needs dataset.validation_examples > 0)
   return config

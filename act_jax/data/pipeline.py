@@ -61,6 +61,16 @@ class _StreamingTrain:
     return parallel.shard_host_batch(next(self._iterator), self._mesh)
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  """How many global batches of `config.train.batch_size` an epoch of training takes."""
+  if config.dataset.name not in datasets.IN_MEMORY_DATASETS:
+    from act_jax.data import tfds_pipeline
+    return tfds_pipeline.imagenet_steps_per_epoch(
+        config.dataset.data_dir, global_batch_size=config.train.batch_size,
+        process_count=jax.process_count())
+  return len(datasets.in_memory_split(config.dataset, "train")) // config.train.batch_size
+
+
 def train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
   """The run's training input: from memory for the small datasets, else from tf.data."""
   if config.dataset.name not in datasets.IN_MEMORY_DATASETS:

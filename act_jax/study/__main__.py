@@ -1,10 +1,11 @@
 """`python -m act_jax.study --config=configs/fashion_mnist.py --workdir=DIR
-    --methods=natural,pgd_at,trades,act --seeds=0,1,2`
+    --methods=natural,pgd_at,trades,act --seeds=0,1,2 [--epochs=10,30]`
 
-Trains every method with every seed on the config's recipe (any `--config.*` override applies
-to all runs), evaluates each model with the one evaluator, and writes study.json, study.csv,
-study.md and study.png to --output-dir (default: DIR). Running the same command again skips
-finished runs and resumes interrupted ones from their checkpoints.
+Trains every method with every seed at every budget on the config's recipe (any `--config.*`
+override applies to all runs), evaluates each model with the one evaluator, and writes
+study.json, study.csv, study.md, study.png (the trade-off) and curves.png (learning curves) to
+--output_dir (default: DIR). Running the same command again skips finished runs and resumes
+interrupted ones from their checkpoints.
 """
 
 import shlex
@@ -24,6 +25,14 @@ flags.DEFINE_string("workdir", None, "Where each run trains, as DIR/<method>/see
                     required=True)
 flags.DEFINE_string("methods", "natural,pgd_at,trades,act", "Comma-separated training methods.")
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_string("epochs", None,
+                    "Comma-separated training budgets in epochs, trained in this order; each "
+                    "scales the recipe's lr schedule (default: the config's train.epochs).")
+flags.DEFINE_integer("curve_examples", 2000,
+                     "Each run's learning curve: clean and PGD-20 on the first N test examples "
+                     "after every epoch (0: none).")
+flags.DEFINE_bool("report_only", False,
+                  "Train nothing: write the tables and plots from the finished runs of the grid.")
 flags.DEFINE_integer("autoattack_examples", 1000,
                      "AutoAttack (APGD-CE + APGD-T) runs on the first N test examples.")
 flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and of APGD-T per target.")
@@ -44,6 +53,8 @@ def main(argv: list[str]) -> None:
       config=FLAGS.config, workdir=FLAGS.workdir,
       methods=runner.parse_list(FLAGS.methods, str, "--methods"),
       seeds=runner.parse_list(FLAGS.seeds, int, "--seeds"),
+      epochs=runner.parse_list(FLAGS.epochs or "", int, "--epochs"),
+      curve_examples=FLAGS.curve_examples, report_only=FLAGS.report_only,
       autoattack_examples=FLAGS.autoattack_examples, apgd_steps=FLAGS.apgd_steps,
       output_dir=FLAGS.output_dir,
       command=" ".join(["python -m act_jax.study", *map(shlex.quote, sys.argv[1:])]))

@@ -15,17 +15,25 @@ METHOD_TITLES = {"natural": "natural training", "pgd_at": "PGD-AT", "trades": "T
 # (row key, column title); accuracies are fractions in the rows and % in the tables.
 METRICS = (("clean", "clean"), ("pgd20", "PGD-20"), ("autoattack", "AutoAttack"),
            ("worst_case", "worst case"))
-CSV_FIELDS = ("method", "model", "seed", "clean", "pgd20", "autoattack", "worst_case",
+CSV_FIELDS = ("method", "model", "epochs", "seed", "clean", "pgd20", "autoattack", "worst_case",
               "clean_examples", "autoattack_examples", "train_seconds", "eval_seconds",
               "workdir")
-# Fields that may differ between a study's runs and the run compared against them.
-_RUN_SPECIFIC = ("method", "seed")
+# Fields that may differ between a study's runs and the run compared against them: what the
+# study varies, and what does not change the training (cadences of logging, checkpoints and
+# the learning curve's evaluations).
+_RUN_SPECIFIC = ("method", "seed", "train.log_every_steps", "train.checkpoint_every_steps",
+                 "train.max_checkpoints_to_keep", "train.eval_every_steps",
+                 "eval.periodic_num_examples", "reference_study")
 
 
 def title(method: str, model: str) -> str:
   """"ACT (robust)" for a model of a two-model method, the method's name otherwise."""
   name = METHOD_TITLES.get(method, method)
   return f"{name} ({model})" if method == "act" else name
+
+
+def _seeds(count: int) -> str:
+  return f"{count} seed{'s' if count > 1 else ''}"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -35,33 +43,46 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """Per (method, model), in the order first seen: mean and sample std of every metric."""
-  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  """Per (epochs, method, model), budgets ascending, methods in the order first seen: the mean
+  and sample std of every metric over the seeds."""
+  groups: dict[tuple[int, str, str], list[Mapping[str, Any]]] = {}
   for row in rows:
-    groups.setdefault((row["method"], row["model"]), []).append(row)
+    groups.setdefault((row["epochs"], row["method"], row["model"]), []).append(row)
   summary = []
-  for (method, model), members in groups.items():
-    entry = {"method": method, "model": model, "title": title(method, model),
-             "seeds": sorted(r["seed"] for r in members)}
+  for (epochs, method, model), members in sorted(groups.items(), key=lambda item: item[0][0]):
+    entry = {"epochs": epochs, "method": method, "model": model,
+             "title": title(method, model), "seeds": sorted(r["seed"] for r in members)}
     for key, _ in METRICS:
       entry[key] = _mean_std([r[key] for r in members])
     summary.append(entry)
   return summary
 
 
+def _cell(mean_std: Sequence[float], count: int) -> str:
+  """"84.37 ± 0.34" over several seeds; one seed has no spread to show."""
+  mean, std = mean_std
+  return f"{100 * mean:.2f} ± {100 * std:.2f}" if count > 1 else f"{100 * mean:.2f}"
+
+
 def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
-                   autoattack_examples: int, clean_examples: int) -> str:
-  """One row per (method, model): accuracies in %, mean ± std over seeds."""
-  header = (f"| method (L-inf eps={eps:.4g}) | seeds | clean (%) | PGD-20 (%) | "
+                   autoattack_examples: int, clean_examples: int, missing: int = 0) -> str:
+  """One row per (budget, method, model): accuracies in %, mean ± std over seeds."""
+  header = (f"| epochs | method (L-inf eps={eps:.4g}) | seeds | clean (%) | PGD-20 (%) | "
             f"AutoAttack (%), first {autoattack_examples} | worst case (%), first "
             f"{autoattack_examples} |")
-  lines = [header, "|---|---|---|---|---|---|"]
+  lines = [header, "|---|---|---|---|---|---|---|"]
   for entry in summary:
-    cells = [f"{100 * entry[key][0]:.2f} ± {100 * entry[key][1]:.2f}" for key, _ in METRICS]
-    lines.append(f"| {entry['title']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    count = len(entry["seeds"])
+    cells = [_cell(entry[key], count) for key, _ in METRICS]
+    lines.append(f"| {entry['epochs']} | {entry['title']} | {count} | " + " | ".join(cells)
+                 + " |")
   lines.append("")
-  lines.append(f"Clean and PGD-20 on all {clean_examples} test examples; AutoAttack is the "
-               "per-example AND of clean, APGD-CE and APGD-T, and the worst case adds PGD-20.")
+  lines.append(f"Mean ± sample std over seeds (one seed: its value). Clean and PGD-20 on "
+               f"{clean_examples} test examples; AutoAttack is the per-example AND of clean, "
+               "APGD-CE and APGD-T, and the worst case adds PGD-20.")
+  if missing:
+    lines.append(f"Partial: {missing} run{'s' if missing > 1 else ''} of the study not "
+                 "finished yet.")
   return "\n".join(lines)
 
 
@@ -72,41 +93,127 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: epath.PathLike) -> None:
     writer.writerows(rows)
 
 
+def _pyplot() -> Any:
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot
+  return pyplot
+
+
+def _save(figure: Any, path: epath.PathLike) -> None:
+  figure.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    figure.savefig(f, format="png")
+  _pyplot().close(figure)
+
+
+def _colours(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+  """One colour per (method, model), the same in every panel and plot."""
+  cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+  keys = list(dict.fromkeys((e["method"], e["model"]) for e in summary))
+  return {key: cycle[index % len(cycle)] for index, key in enumerate(keys)}
+
+
 def plot_tradeoff(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]],
                   path: epath.PathLike, *, eps: float) -> None:
   """Robust against clean accuracy, one small point per run and a large marker per mean.
 
-  Two panels: PGD-20 on the whole test split, and AutoAttack (APGD-CE + APGD-T) on its subset.
-  Up and to the right is better.
+  One row of panels per budget: PGD-20 on the whole test split, and AutoAttack (APGD-CE +
+  APGD-T) on its subset, against clean accuracy; up and to the right is better.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot
-  figure, panels = pyplot.subplots(1, 2, figsize=(11, 4.4), dpi=120)
-  colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
-  for panel, (key, name) in zip(panels, (("pgd20", "PGD-20"), ("autoattack", "AutoAttack")),
-                                strict=True):
-    for index, entry in enumerate(summary):
-      colour = colours[index % len(colours)]
-      runs = [r for r in rows if (r["method"], r["model"]) == (entry["method"], entry["model"])]
-      panel.scatter([100 * r["clean"] for r in runs], [100 * r[key] for r in runs], s=18,
-                    color=colour, alpha=0.6)
-      panel.scatter([100 * entry["clean"][0]], [100 * entry[key][0]], s=140, marker="*",
-                    color=colour, edgecolor="black", linewidth=0.6, label=entry["title"])
-    panel.set_xlabel("clean accuracy (%)")
-    panel.set_ylabel(f"{name} accuracy (%), L-inf eps={eps:.4g}")
-    panel.grid(alpha=0.3)
-  panels[0].legend(fontsize=8, loc="best")
-  panels[0].set_title("each run (dots) and the mean over seeds (stars)", fontsize=9)
-  figure.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    figure.savefig(f, format="png")
-  pyplot.close(figure)
+  pyplot = _pyplot()
+  budgets = sorted({e["epochs"] for e in summary})
+  figure, panels = pyplot.subplots(len(budgets), 2, figsize=(11, 4.4 * len(budgets)), dpi=120,
+                                   squeeze=False)
+  colours = _colours(summary)
+  for budget, row_panels in zip(budgets, panels, strict=True):
+    for panel, (key, name) in zip(row_panels, (("pgd20", "PGD-20"), ("autoattack", "AutoAttack")),
+                                  strict=True):
+      for entry in (e for e in summary if e["epochs"] == budget):
+        colour = colours[(entry["method"], entry["model"])]
+        runs = [r for r in rows if (r["epochs"], r["method"], r["model"]) == (
+            budget, entry["method"], entry["model"])]
+        panel.scatter([100 * r["clean"] for r in runs], [100 * r[key] for r in runs], s=18,
+                      color=colour, alpha=0.6)
+        panel.scatter([100 * entry["clean"][0]], [100 * entry[key][0]], s=140, marker="*",
+                      color=colour, edgecolor="black", linewidth=0.6,
+                      label=f"{entry['title']} ({_seeds(len(entry['seeds']))})")
+      panel.set_xlabel("clean accuracy (%)")
+      panel.set_ylabel(f"{name} accuracy (%), L-inf eps={eps:.4g}")
+      panel.set_title(f"{budget} epochs: each run (dots), the mean over seeds (stars)",
+                      fontsize=9)
+      panel.grid(alpha=0.3)
+    row_panels[0].legend(fontsize=8, loc="best")
+  _save(figure, path)
 
 
-def _recipe(config: Mapping[str, Any]) -> dict[str, Any]:
-  """A config without what differs between a study's runs (method, seed)."""
-  return {k: v for k, v in config.items() if k not in _RUN_SPECIFIC}
+def _curve_band(runs: Sequence[Mapping[str, Any]], key: str
+                ) -> tuple[list[float], list[float], list[float], list[float]]:
+  """(epochs, mean, min, max) over the runs of `key` at the epochs every run has."""
+  by_epoch: dict[float, list[float]] = {}
+  for run in runs:
+    for point in run["curve"]:
+      by_epoch.setdefault(round(point["epoch"], 6), []).append(100 * point[key])
+  epochs = sorted(e for e, values in by_epoch.items() if len(values) == len(runs))
+  return (epochs, [sum(by_epoch[e]) / len(runs) for e in epochs],
+          [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs])
+
+
+def plot_curves(rows: Sequence[Mapping[str, Any]], path: epath.PathLike, *, eps: float) -> None:
+  """Learning curves: clean and PGD-20 accuracy on the curve subset after each epoch.
+
+  One row of panels per budget; per method and model the mean over seeds (line) and the range
+  of the seeds (band). Runs without a curve (trained without one) are left out.
+  """
+  pyplot = _pyplot()
+  with_curves = [r for r in rows if r.get("curve")]
+  budgets = sorted({r["epochs"] for r in with_curves}) or [None]
+  figure, panels = pyplot.subplots(len(budgets), 2, figsize=(11, 4.0 * len(budgets)), dpi=120,
+                                   squeeze=False)
+  colours = _colours(summarise(with_curves)) if with_curves else {}
+  for budget, row_panels in zip(budgets, panels, strict=True):
+    runs = [r for r in with_curves if r["epochs"] == budget]
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+      groups.setdefault((run["method"], run["model"]), []).append(run)
+    for panel, (key, name) in zip(row_panels, (("clean", "clean"), ("pgd20", "PGD-20")),
+                                  strict=True):
+      for (method, model), members in groups.items():
+        epochs, mean, low, high = _curve_band(members, key)
+        colour = colours[(method, model)]
+        panel.plot(epochs, mean, color=colour, marker="o", markersize=3,
+                   label=f"{title(method, model)} ({_seeds(len(members))})")
+        if len(members) > 1:
+          panel.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+      examples = runs[0]["curve"][0]["num_examples"] if runs else 0
+      panel.set_xlabel("epoch")
+      panel.set_ylabel(f"{name} accuracy (%)" + (f", L-inf eps={eps:.4g}" if key != "clean"
+                                                 else ""))
+      panel.set_title(f"{budget} epochs: first {examples} test images, mean and range of "
+                      "the seeds" if runs else "no learning curves recorded", fontsize=9)
+      panel.grid(alpha=0.3)
+    if groups:
+      row_panels[0].legend(fontsize=8, loc="best")
+  _save(figure, path)
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _same_recipe(study_config: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+  """Whether two configs differ only in what a study varies or what does not change training.
+
+  A field that one of them lacks (added to the configs after the study ran) counts as equal.
+  """
+  a, b = _flat(study_config), _flat(config)
+  return all(a[k] == b[k] for k in set(a) & set(b) if k not in _RUN_SPECIFIC)
 
 
 def comparison_lines(study_path: str, config: ml_collections.ConfigDict) -> list[str]:
@@ -119,12 +226,14 @@ def comparison_lines(study_path: str, config: ml_collections.ConfigDict) -> list
     return []
   with open(study_path) as f:
     study = json.load(f)
-  if _recipe(study["meta"]["config"]) != _recipe(json.loads(config.to_json_best_effort())):
+  if not _same_recipe(study["meta"]["config"], json.loads(config.to_json_best_effort())):
     return [f"(The study in {study_path} used a different recipe; rerun it to compare.)"]
   seeds = len(study["meta"]["seeds"])
   lines = [f"Same recipe, {seeds} seed{'s' if seeds > 1 else ''} each ({study_path}; "
            f"mean ± std, %):"]
   for entry in study["summary"]:
+    if entry.get("epochs", config.train.epochs) != config.train.epochs:
+      continue
     lines.append(f"  {entry['title']:<18} clean {100 * entry['clean'][0]:.2f} ± "
                  f"{100 * entry['clean'][1]:.2f}, PGD-20 {100 * entry['pgd20'][0]:.2f} ± "
                  f"{100 * entry['pgd20'][1]:.2f}, AutoAttack {100 * entry['autoattack'][0]:.2f}"

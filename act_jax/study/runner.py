@@ -1,11 +1,17 @@
-"""Runs a study: every method x seed trained on one recipe, then evaluated by the one evaluator.
+"""Runs a study: every method x training budget x seed on one recipe, evaluated by one evaluator.
 
-Every run gets the same model, epochs, optimiser and attack budget: only `config.method` and
-`config.seed` differ. Run (method, seed) trains in WORKDIR/<method>/seed<seed>, so a finished
-run is skipped and an interrupted one resumes from its checkpoints when the study is run again.
-Clean and PGD-20 accuracy come from each run's final evaluation on the whole test split; the
-study adds AutoAttack's APGD-CE and APGD-T on the first `autoattack_examples` test examples,
-cascaded as AutoAttack does (each attack only on the examples still robust).
+Every run gets the same model, optimiser and attack budget: only `config.method`,
+`config.seed` and the number of epochs differ. A budget of E epochs scales the recipe's
+learning-rate schedule with it (each piecewise cut stays at the same fraction of training).
+Run (method, E, seed) trains in WORKDIR/<method>/epochs<E>/seed<seed>, so a finished run is
+skipped and an interrupted one resumes from its checkpoints when the study is run again.
+
+Each run evaluates clean and PGD-20 accuracy on the first `curve_examples` test examples every
+epoch: its learning curve, for reporting only (nothing is chosen on it). Clean and PGD-20
+accuracy come from each run's final evaluation on the whole test split; the study adds
+AutoAttack's APGD-CE and APGD-T on the first `autoattack_examples` test examples, cascaded as
+AutoAttack does (each attack only on the examples still robust). The tables and plots are
+rewritten after every finished run, marked partial until the whole grid is done.
 """
 
 import dataclasses
@@ -44,10 +50,37 @@ class StudyRequest:
   workdir: str
   methods: tuple[str, ...]
   seeds: tuple[int, ...]
+  epochs: tuple[int, ...] = ()  # training budgets; empty: the recipe's train.epochs
   autoattack_examples: int = 1000
   apgd_steps: int = attack_specs.APGD_STEPS
+  curve_examples: int = 2000  # 0: no learning curves
   output_dir: str | None = None
   command: str = ""
+  report_only: bool = False
+
+  @property
+  def budgets(self) -> tuple[int, ...]:
+    return self.epochs or (int(self.config.train.epochs),)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+  """One run of the grid: a method trained for `epochs` epochs from `seed`."""
+  method: str
+  epochs: int
+  seed: int
+
+  def directory(self, workdir: epath.Path) -> epath.Path:
+    return workdir / self.method / f"epochs{self.epochs}" / f"seed{self.seed}"
+
+  def describe(self) -> str:
+    return f"{self.method}, {self.epochs} epochs, seed {self.seed}"
+
+
+def grid(request: StudyRequest) -> list[RunKey]:
+  """The runs in the order they train: budgets as given, then methods, then seeds."""
+  return [RunKey(method, epochs, seed) for epochs in request.budgets
+          for method in request.methods for seed in request.seeds]
 
 
 def check(request: StudyRequest) -> None:
@@ -57,20 +90,39 @@ def check(request: StudyRequest) -> None:
                      f"{', '.join(methods.METHOD_NAMES)}")
   if not request.seeds or len(set(request.seeds)) != len(request.seeds):
     raise StudyError(f"--seeds={','.join(map(str, request.seeds))}: give distinct integers")
+  if len(set(request.budgets)) != len(request.budgets) or min(request.budgets) < 1:
+    raise StudyError(f"--epochs={','.join(map(str, request.budgets))}: give distinct positive "
+                     "integers")
+  if request.config.train.max_steps is not None and len(request.budgets) > 1:
+    raise StudyError(f"config.train.max_steps = {request.config.train.max_steps} would cut "
+                     "every budget of --epochs to the same length")
   if request.config.eval.num_steps != STUDY_PGD_STEPS:
     raise StudyError(f"config.eval.num_steps = {request.config.eval.num_steps}: the study "
                      f"reports PGD-{STUDY_PGD_STEPS}")
-  for flag, value in (("--autoattack-examples", request.autoattack_examples),
-                      ("--apgd-steps", request.apgd_steps)):
+  for flag, value in (("--autoattack_examples", request.autoattack_examples),
+                      ("--apgd_steps", request.apgd_steps)):
     if value < 1:
       raise StudyError(f"{flag}={value}: must be >= 1")
+  if request.curve_examples < 0:
+    raise StudyError(f"--curve_examples={request.curve_examples}: must be >= 0 (0: no curves)")
 
 
-def run_config(base: ml_collections.ConfigDict, method: str,
-               seed: int) -> ml_collections.ConfigDict:
-  """The recipe with this run's method and seed: nothing else differs between runs."""
+def run_config(base: ml_collections.ConfigDict, key: RunKey, *, steps_per_epoch: int,
+               curve_examples: int) -> ml_collections.ConfigDict:
+  """The recipe with this run's method, seed and budget: nothing else differs between runs.
+
+  The budget scales the piecewise schedule's cuts with it: the recipe's cut at 2.25 of 3 epochs
+  is at 7.5 of 10 and 22.5 of 30, three quarters of training in each.
+  """
   config = ml_collections.ConfigDict(base.to_dict())
-  config.method, config.seed = method, seed
+  config.method, config.seed = key.method, key.seed
+  recipe_epochs = base.train.epochs
+  config.train.epochs = key.epochs
+  config.optim.lr_decay_epochs = tuple(
+      round(epoch * key.epochs / recipe_epochs, 6) for epoch in base.optim.lr_decay_epochs)
+  if curve_examples:
+    config.train.eval_every_steps = steps_per_epoch
+    config.eval.periodic_num_examples = curve_examples
   return config
 
 
@@ -122,37 +174,113 @@ def _machine() -> str:
   return f"{where}; {len(os.sched_getaffinity(0))} cores; {jax.device_count()} JAX device(s)"
 
 
+def _curve(results: dict[str, Any], model: str) -> list[dict[str, float]]:
+  """The run's learning curve for `model`: clean and PGD-20 after each epoch, on its subset."""
+  return [{"epoch": e["epoch"], "num_examples": e["num_examples"],
+           "clean": e["accuracy"][model]["clean"],
+           "pgd20": e["accuracy"][model][f"pgd{STUDY_PGD_STEPS}"]}
+          for e in results.get("evaluations", []) if e.get("kind") == "periodic"]
+
+
+def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
+          run_dir: epath.Path) -> list[dict[str, Any]]:
+  """One row per model of a finished run."""
+  final, evaluation = results["final"], record["evaluation"]
+  rows = []
+  for model in methods.get(key.method).model_names:
+    accuracy = evaluation["accuracy"][model]
+    rows.append({"method": key.method, "model": model, "epochs": key.epochs, "seed": key.seed,
+                 "clean": final["accuracy"][model]["clean"],
+                 "pgd20": final["accuracy"][model][f"pgd{STUDY_PGD_STEPS}"],
+                 "autoattack": accuracy["autoattack"], "worst_case": accuracy["worst_case"],
+                 "clean_examples": final["num_examples"],
+                 "autoattack_examples": evaluation["num_examples"],
+                 "train_seconds": record.get("train_seconds"),
+                 "eval_seconds": record.get("eval_seconds"), "workdir": str(run_dir),
+                 "curve": _curve(results, model)})
+  return rows
+
+
+def _finished(run_dir: epath.Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+  """(results.json, study_run.json) of a run; finished when both hold their final parts."""
+  return _read_json(run_dir / "results.json"), _read_json(run_dir / RUN_RECORD) or {}
+
+
+def _is_done(results: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+  return results is not None and "final" in results and "evaluation" in record
+
+
+def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: list[RunKey],
+                  commit: str | None, started: float) -> dict[str, Any]:
+  """study.json, study.csv, study.md, study.png and curves.png over the finished runs."""
+  summary = report.summarise(rows)
+  study = {"meta": {"command": request.command, "methods": list(request.methods),
+                    "epochs": list(request.budgets), "seeds": list(request.seeds),
+                    "config": request.config.to_dict(),
+                    "autoattack_examples": request.autoattack_examples,
+                    "apgd_steps": request.apgd_steps, "curve_examples": request.curve_examples,
+                    "complete": not missing,
+                    "missing_runs": [dataclasses.asdict(key) for key in missing],
+                    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+                    "machine": _machine(), "commit": commit,
+                    "versions": {"jax": jax.__version__, "python": platform.python_version()},
+                    "wall_seconds_this_invocation": time.time() - started},
+           "summary": summary, "runs": rows}
+  if jax.process_index() != 0 or not rows:
+    return study
+  output_dir = epath.Path(request.output_dir or request.workdir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  table = report.markdown_table(summary, eps=request.config.eval.eps,
+                                autoattack_examples=rows[0]["autoattack_examples"],
+                                clean_examples=rows[0]["clean_examples"], missing=len(missing))
+  reporting.write_json(output_dir / "study.json", study)
+  report.write_csv(rows, output_dir / "study.csv")
+  (output_dir / "study.md").write_text(table + "\n")
+  report.plot_tradeoff(rows, summary, output_dir / "study.png", eps=request.config.eval.eps)
+  report.plot_curves(rows, output_dir / "curves.png", eps=request.config.eval.eps)
+  return study
+
+
 def run_study(request: StudyRequest) -> dict[str, Any] | None:
-  """Trains and evaluates every run; returns the study, or None if a run was interrupted."""
+  """Trains and evaluates every run of the grid (none with `report_only`); returns the study,
+  or None if a run was interrupted."""
   check(request)
   workdir = epath.Path(request.workdir)
-  output_dir = epath.Path(request.output_dir or request.workdir)
-  runs = [(method, seed) for method in request.methods for seed in request.seeds]
-  # Relative cost of each run for the ETA: its method's work per step (forward passes).
-  cost = {method: methods.get(method).forward_passes(request.config.attack.num_steps)
-          for method in request.methods}
+  runs = grid(request)
+  steps_per_epoch = (0 if request.report_only or not request.curve_examples
+                     else pipeline.steps_per_epoch(request.config))
+  # Relative cost of each run for the ETA: its method's work per step (forward passes), times
+  # its epochs; finished runs cost nothing.
+  def cost(key: RunKey) -> int:
+    return methods.get(key.method).forward_passes(request.config.attack.num_steps) * key.epochs
+
   is_chief = jax.process_index() == 0
   commit = _commit()  # the code this invocation runs, whatever the checkout becomes meanwhile
   start, worked_seconds, worked_cost = time.time(), 0.0, 0
-  rows = []
-  for number, (method, seed) in enumerate(runs, start=1):
-    run_dir = workdir / method / f"seed{seed}"
-    record_path = run_dir / RUN_RECORD
-    record = _read_json(record_path) or {}
-    results = _read_json(run_dir / "results.json")
-    done = results is not None and "final" in results and "evaluation" in record
-    remaining = sum(cost[m] for m, _ in runs[number - 1:])
-    eta = (f", ETA {_format_seconds(remaining * worked_seconds / worked_cost)}" if worked_cost
+  pending = [key for key in runs if not _is_done(*_finished(key.directory(workdir)))]
+  rows, missing = [], []
+  for number, key in enumerate(runs, start=1):
+    run_dir = key.directory(workdir)
+    results, record = _finished(run_dir)
+    done = _is_done(results, record)
+    remaining = sum(cost(k) for k in pending)
+    eta = (f", ETA {_format_seconds(remaining * worked_seconds / worked_cost)} for "
+           f"{len(pending)} run{'s' if len(pending) > 1 else ''}" if worked_cost and pending
            else "")
+    status = ("finished, skipped" if done else "not finished, left for later" if
+              request.report_only else "training and evaluating")
     if is_chief:
-      print(f"[run {number}/{len(runs)}] {method} seed {seed}: "
-            f"{'finished, skipped' if done else 'training and evaluating'} "
+      print(f"[run {number}/{len(runs)}] {key.describe()}: {status} "
             f"({_format_seconds(time.time() - start)} elapsed{eta})", flush=True)
+    if not done and request.report_only:
+      missing.append(key)
+      continue
     if not done:
       began = time.time()
       if results is None or "final" not in results:
-        results = train.train_and_evaluate(run_config(request.config, method, seed),
-                                           str(run_dir))
+        results = train.train_and_evaluate(
+            run_config(request.config, key, steps_per_epoch=steps_per_epoch,
+                       curve_examples=request.curve_examples), str(run_dir))
         if "final" not in results:
           if is_chief:
             print(f"Interrupted in {run_dir}; run the study again to resume.", flush=True)
@@ -163,42 +291,19 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
                                                    request.apgd_steps)
       record["eval_seconds"] = time.time() - evaluated
       if is_chief:
-        reporting.write_json(record_path, record)
+        reporting.write_json(run_dir / RUN_RECORD, record)
       worked_seconds += time.time() - began
-      worked_cost += cost[method]
-    final, evaluation = results["final"], record["evaluation"]
-    for model in methods.get(method).model_names:
-      accuracy = evaluation["accuracy"][model]
-      rows.append({"method": method, "model": model, "seed": seed,
-                   "clean": final["accuracy"][model]["clean"],
-                   "pgd20": final["accuracy"][model][f"pgd{STUDY_PGD_STEPS}"],
-                   "autoattack": accuracy["autoattack"], "worst_case": accuracy["worst_case"],
-                   "clean_examples": final["num_examples"],
-                   "autoattack_examples": evaluation["num_examples"],
-                   "train_seconds": record.get("train_seconds"),
-                   "eval_seconds": record.get("eval_seconds"), "workdir": str(run_dir)})
-  summary = report.summarise(rows)
-  study = {"meta": {"command": request.command, "methods": list(request.methods),
-                    "seeds": list(request.seeds), "config": request.config.to_dict(),
-                    "autoattack_examples": request.autoattack_examples,
-                    "apgd_steps": request.apgd_steps,
-                    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-                    "machine": _machine(), "commit": commit,
-                    "versions": {"jax": jax.__version__, "python": platform.python_version()},
-                    "wall_seconds_this_invocation": time.time() - start},
-           "summary": summary, "runs": rows}
-  if is_chief:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    table = report.markdown_table(summary, eps=request.config.eval.eps,
-                                  autoattack_examples=rows[0]["autoattack_examples"],
-                                  clean_examples=rows[0]["clean_examples"])
-    reporting.write_json(output_dir / "study.json", study)
-    report.write_csv(rows, output_dir / "study.csv")
-    (output_dir / "study.md").write_text(table + "\n")
-    report.plot_tradeoff(rows, summary, output_dir / "study.png", eps=request.config.eval.eps)
-    print("\n" + table, flush=True)
-    print(f"\nwrote study.json, study.csv, study.md and study.png to {output_dir}",
-          file=sys.stderr, flush=True)
+      worked_cost += cost(key)
+      pending.remove(key)
+    rows.extend(_rows(key, results, record, run_dir))
+    if not done:  # the tables so far, marked partial, in case the study stops here
+      _write_report(request, rows, runs[number:], commit, start)
+  study = _write_report(request, rows, missing, commit, start)
+  if is_chief and rows:
+    print("\n" + (epath.Path(request.output_dir or request.workdir) / "study.md").read_text(),
+          flush=True)
+    print(f"wrote study.json, study.csv, study.md, study.png and curves.png to "
+          f"{request.output_dir or request.workdir}", file=sys.stderr, flush=True)
   return study
 
 
