@@ -146,7 +146,7 @@ def test_the_study_writes_its_tables_json_and_plots(study):
 def test_report_only_trains_nothing_and_marks_what_is_missing(study):
   result = study["report_only"]
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert "[run 2/8] natural, 2 epochs, seed 1: not finished, left for later" in result.stdout
+  assert "[run 3/8] natural, 2 epochs, seed 1: not finished, left for later" in result.stdout
   assert not (study["workdir"] / "natural" / "epochs2" / "seed1").exists()
   report = json.loads((study["root"] / "report" / "study.json").read_text())
   assert not report["meta"]["complete"] and len(report["meta"]["missing_runs"]) == 4

@@ -78,9 +78,10 @@ class RunKey:
 
 
 def grid(request: StudyRequest) -> list[RunKey]:
-  """The runs in the order they train: budgets as given, then methods, then seeds."""
+  """The runs in the order they train: budgets as given, then seeds, then methods, so that a
+  study stopped early has every method at its first seeds to compare."""
   return [RunKey(method, epochs, seed) for epochs in request.budgets
-          for method in request.methods for seed in request.seeds]
+          for seed in request.seeds for method in request.methods]
 
 
 def check(request: StudyRequest) -> None:
