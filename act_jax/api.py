@@ -1,7 +1,6 @@
 """Public API for other tools: a trained run, and any of its models as a plain jit-able function."""
 
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +9,10 @@ import jax
 import ml_collections
 from etils import epath
 
-from act_jax import checkpointing, methods, models, optimizers, parallel
+from act_jax import checkpointing, methods, parallel, reporting
+from act_jax import experiment as experiment_lib
 from act_jax.data import datasets
+from act_jax.data.catalog import DatasetInfo
 from act_jax.errors import UserError
 from act_jax.methods.common import all_finite
 from act_jax.train_state import ModelState, eval_mode_logits
@@ -27,13 +28,26 @@ class NonFiniteCheckpointError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
-  """A finished (or checkpointed) run: its config, method, architecture, dataset and state."""
-  config: ml_collections.ConfigDict
-  method: methods.Method
-  model: nn.Module
-  info: datasets.DatasetInfo
+  """A finished (or checkpointed) run: how it was built, its restored state and its step."""
+  experiment: experiment_lib.Experiment
   state: Any
   step: int
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.experiment.config
+
+  @property
+  def method(self) -> methods.Method:
+    return self.experiment.method
+
+  @property
+  def model(self) -> nn.Module:
+    return self.experiment.model
+
+  @property
+  def info(self) -> DatasetInfo:
+    return self.experiment.info
 
   @property
   def models(self) -> dict[str, ModelState]:
@@ -51,25 +65,19 @@ def load_run(workdir: str, *, step: int | None = None,
   config_path = workdir_path / "config.json"
   if not config_path.exists():
     raise RunNotFoundError(f"{config_path} not found: is {workdir} an act_jax workdir?")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  method = methods.get(config.method)
-  info = datasets.dataset_info(config.dataset)
-  model = models.from_config(config, info.num_classes)
-  # Only the structure matters for restoring; the schedule length does not affect it.
-  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, steps_per_epoch=1, total_steps=1,
-                                                global_batch_size=config.train.batch_size)
+  config = ml_collections.ConfigDict(reporting.read_json(config_path))
   mesh = parallel.make_mesh(devices or jax.local_devices()[:1])
-  template = jax.jit(lambda rng: method.create_state(model, tx, rng, info.image_shape),
-                     out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))(
-                         jax.random.PRNGKey(0))
+  # Only the state's structure matters for restoring; the schedule's length does not.
+  exp = experiment_lib.build(config, mesh, datasets.dataset_info(config.dataset),
+                             steps_per_epoch=1)
   manager = checkpointing.checkpoint_manager(workdir, max_to_keep=None, read_only=True)
-  restored = checkpointing.restore_latest(manager, template, parallel.replicate(
-      jax.random.PRNGKey(0), mesh), step=step)
+  restored = checkpointing.restore_latest(
+      manager, exp.initial_state(jax.random.PRNGKey(0)),
+      parallel.replicate(jax.random.PRNGKey(0), mesh), step=step)
   if restored is None:
     raise RunNotFoundError(f"no checkpoint in {workdir_path / 'checkpoints'}")
-  state, _, position = restored
-  run = TrainedRun(config=config, method=method, model=model, info=info, state=state,
-                   step=position.step)
+  state, _, restored_step = restored
+  run = TrainedRun(experiment=exp, state=state, step=restored_step)
   damaged = [name for name, model_state in run.models.items()
              if not bool(all_finite(model_state.variables))]
   if damaged:

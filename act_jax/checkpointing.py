@@ -1,11 +1,10 @@
-"""Orbax checkpoints of a whole run: train state (models, optimisers, step), RNG, data position.
+"""Orbax checkpoints of a whole run: train state (models, optimisers, step), RNG and step.
 
 Saving is collective (every process calls it) and asynchronous; restoring places each array
 straight into the sharding of the live state, so a run can resume on a different device count.
 A checkpoint that cannot be restored falls back to the next older one.
 """
 
-import dataclasses
 import logging
 import sys
 import time
@@ -21,17 +20,6 @@ from act_jax.errors import UserError
 
 UNRESTORABLE_DIR = "unrestorable_checkpoints"
 FAILED_RESTORE_SETTLE_S = 1.0  # for orbax's I/O callbacks after a failed restore to finish
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingPosition:
-  """Where the run is: the next step to take and the number of batches consumed so far.
-
-  The input pipeline is a pure function of (seed, batch index), so `batches_consumed` is all it
-  needs to continue with exactly the batches an uninterrupted run would have seen.
-  """
-  step: int
-  batches_consumed: int
 
 
 class _ReadOnlyNotices(logging.Filter):
@@ -63,12 +51,15 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None,
     absl_logging.get_absl_logger().removeFilter(notices)
 
 
-def save(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
-         position: TrainingPosition) -> None:
-  """Saves asynchronously; call `manager.wait_until_finished()` before the process exits."""
-  manager.save(position.step, args=ocp.args.Composite(
+def save(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, step: int) -> None:
+  """Saves asynchronously; call `manager.wait_until_finished()` before the process exits.
+
+  The step is all the input pipeline needs to resume: its batches are a pure function of
+  (seed, step).
+  """
+  manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
-      position=ocp.args.JsonSave(dataclasses.asdict(position))))
+      position=ocp.args.JsonSave({"step": step})))
 
 
 def _abstract(tree: Any) -> Any:
@@ -100,7 +91,7 @@ def move_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *,
                    step: int | None = None, move_unrestorable: bool = False
-                   ) -> tuple[Any, jax.Array, TrainingPosition] | None:
+                   ) -> tuple[Any, jax.Array, int] | None:
   """The newest checkpoint that restores (or the one of `step`), into `state`'s structure.
 
   A checkpoint that fails to restore (a truncated file, missing metadata) is reported in one
@@ -129,7 +120,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *
     if error is None:
       sys.stderr.write(printed)
       return (restored.state["train_state"], restored.state["rng"],
-              TrainingPosition(**restored.position))
+              int(restored.position["step"]))
     reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
     if step is not None:
       raise CheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "

@@ -10,7 +10,7 @@ import ml_collections
 
 from act_jax import methods, optimizers
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
-from act_jax.data.datasets import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS
+from act_jax.data.catalog import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS
 from act_jax.errors import UserError
 from act_jax.models import MODEL_NAMES
 

@@ -49,6 +49,11 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,
   return temperature**2 * kl.mean()
 
 
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """The fraction of examples whose largest logit is the label's (a metric, not a loss)."""
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
 def act_model_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
                    alpha: float, temperature: float) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(1 - alpha) * CE(student, y) + alpha * KL_T(student || stop_grad(teacher)).
@@ -59,8 +64,7 @@ def act_model_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels:
   ce = cross_entropy(student_logits, labels)
   kl = distillation_kl(student_logits, teacher_logits, temperature)
   total = (1.0 - alpha) * ce + alpha * kl
-  accuracy = jnp.mean(jnp.argmax(student_logits, axis=-1) == labels)
-  return total, {"loss": total, "ce": ce, "kl": kl, "accuracy": accuracy}
+  return total, {"loss": total, "ce": ce, "kl": kl, "accuracy": accuracy(student_logits, labels)}
 
 
 def trades_loss(clean_logits: jax.Array, adversarial_logits: jax.Array, labels: jax.Array, *,
@@ -74,5 +78,4 @@ def trades_loss(clean_logits: jax.Array, adversarial_logits: jax.Array, labels: 
   ce = cross_entropy(clean_logits, labels)
   kl = kl_divergence(adversarial_logits, clean_logits).mean()
   total = ce + beta * kl
-  accuracy = jnp.mean(jnp.argmax(clean_logits, axis=-1) == labels)
-  return total, {"loss": total, "ce": ce, "kl": kl, "accuracy": accuracy}
+  return total, {"loss": total, "ce": ce, "kl": kl, "accuracy": accuracy(clean_logits, labels)}

@@ -7,10 +7,12 @@ join the others first. A single process on CPU gets one XLA device per core unle
 XLA_FLAGS=--xla_force_host_platform_device_count=N or JAX_NUM_CPU_DEVICES=N says otherwise.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from act_jax import command_line, distributed, parallel, train
+from act_jax.study import report as study_report
 
 FLAGS = flags.FLAGS
 with command_line.flag_errors_in_one_line():
@@ -18,6 +20,9 @@ with command_line.flag_errors_in_one_line():
                                   "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and results.json go.",
                     required=True)
+flags.DEFINE_string("compare_to", None,
+                    "A study.json of the same recipe (python -m act_jax.study) whose numbers are "
+                    "printed beside the final table, e.g. docs/study/fashion_mnist/study.json.")
 flags.DEFINE_enum("distributed", "auto", distributed.MODES,
                   "Call jax.distributed.initialize() first: 'on' (TPU pods, Slurm, Open MPI, or "
                   "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), 'off', or 'auto' "
@@ -32,7 +37,10 @@ def main(argv: list[str]) -> None:
   if not distributed.initialize(FLAGS.distributed):
     parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
                                           FLAGS.config.eval.batch_size])
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if "final" in results and FLAGS.compare_to and jax.process_index() == 0:
+    for line in study_report.comparison_lines(FLAGS.compare_to, FLAGS.config):
+      print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,11 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, steps_per_ep
   return optax.join_schedules([warmup, after_warmup], [warmup_steps])
 
 
-def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict, steps_per_epoch: int,
-                                  *, global_batch_size: int | None = None,
-                                  total_steps: int | None = None
+def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict,
+                                  learning_rate: optax.ScalarOrSchedule
                                   ) -> optax.GradientTransformation:
-  """What `torch.optim.SGD(momentum=m, weight_decay=wd)` does.
+  """What `torch.optim.SGD(momentum=m, weight_decay=wd)` does, at `learning_rate` (a schedule
+  from `learning_rate_schedule`, or a constant).
 
   PyTorch adds wd * p to the gradient *before* the momentum buffer (coupled, not AdamW-style
   decoupled): buf = m * buf + (g + wd * p); p -= lr * buf. It decays every parameter, BatchNorm
@@ -64,8 +64,5 @@ def sgd_with_coupled_weight_decay(optim_config: ml_collections.ConfigDict, steps
   """
   return optax.chain(
       optax.add_decayed_weights(optim_config.weight_decay),
-      optax.sgd(learning_rate_schedule(optim_config, steps_per_epoch,
-                                       global_batch_size=global_batch_size,
-                                       total_steps=total_steps),
-                momentum=optim_config.momentum, nesterov=False),
+      optax.sgd(learning_rate, momentum=optim_config.momentum, nesterov=False),
   )

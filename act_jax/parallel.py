@@ -23,6 +23,8 @@ SHARDED = PartitionSpec(DATA_AXIS)
 
 CPU_DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
 SINGLE_THREADED_DEVICES_FLAG = "--xla_cpu_multi_thread_eigen"
+COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+COLLECTIVE_TIMEOUT_S = 600
 
 
 def use_one_cpu_device_per_core(batch_sizes: Sequence[int]) -> int | None:
@@ -38,7 +40,10 @@ def use_one_cpu_device_per_core(batch_sizes: Sequence[int]) -> int | None:
   With a device on every core, each device also runs single-threaded
   (--xla_cpu_multi_thread_eigen=false): it is as fast, and it keeps one device's intra-op
   threads from holding the cores while that device waits in a collective for the other, a
-  deadlock seen here once (an all-reduce rendezvous timed out at the first step).
+  deadlock seen here once (an all-reduce rendezvous timed out at the first step). And a device
+  may wait up to 10 minutes for the others at a collective, where XLA:CPU aborts the process
+  after 40 s: on a machine busy with other work, a 30-epoch run was killed that way after 49
+  minutes, its two devices starved of CPU, not deadlocked.
   """
   flags = os.environ.get("XLA_FLAGS", "")
   if CPU_DEVICE_COUNT_FLAG in flags or os.environ.get("JAX_NUM_CPU_DEVICES"):
@@ -47,7 +52,10 @@ def use_one_cpu_device_per_core(batch_sizes: Sequence[int]) -> int | None:
   count = max(n for n in range(1, cores + 1) if all(size % n == 0 for size in batch_sizes))
   jax.config.update("jax_num_cpu_devices", count)
   if count == cores > 1 and SINGLE_THREADED_DEVICES_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREADED_DEVICES_FLAG}=false".strip()
+    flags = f"{flags} {SINGLE_THREADED_DEVICES_FLAG}=false"
+  if count > 1 and COLLECTIVE_TIMEOUT_FLAG not in flags:
+    flags = f"{flags} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+  os.environ["XLA_FLAGS"] = flags.strip()
   return count
 
 
@@ -146,6 +154,21 @@ def distribute_train_step(step_fn: Callable, mesh: Mesh, *, donate_state: bool =
   """`(state, batch, rng) -> (state, metrics)` over `mesh`: the batch split, the rest replicated."""
   return distribute_step(step_fn, mesh, (REPLICATED, SHARDED, REPLICATED),
                          donate_state=donate_state)
+
+
+def distribute_train_step_with_data(step_fn: Callable, device_batch: Callable, mesh: Mesh
+                                    ) -> Callable:
+  """`(state, replicated, sharded, rng) -> (state, metrics)` over `mesh`: each device builds its
+  shard of the batch with `device_batch(replicated, sharded)` (a gather, an augmentation)
+  inside the same compiled program as `step_fn(state, batch, rng)`.
+
+  One program per step also keeps XLA:CPU from interleaving a separate input program with the
+  step's collectives on its small thread pool, which deadlocked a 2-device run twice.
+  """
+  def per_device(state, replicated, sharded, rng):
+    return step_fn(state, device_batch(replicated, sharded), rng)
+
+  return distribute_step(per_device, mesh, (REPLICATED, REPLICATED, SHARDED, REPLICATED))
 
 
 def distribute_per_example(fn: Callable, mesh: Mesh, num_replicated: int) -> Callable:

@@ -11,9 +11,9 @@ no preparation: `apt-get install dataset-fashion-mnist`.
 from absl import app, flags, logging
 
 from act_jax import command_line
-from act_jax.data import datasets
+from act_jax.data import catalog
 
-TFDS_DATASETS = tuple(n for n in datasets.DATASET_NAMES if n != "fashion_mnist")
+TFDS_DATASETS = tuple(n for n in catalog.DATASET_NAMES if n != "fashion_mnist")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, TFDS_DATASETS, "The dataset to prepare.", required=True)
@@ -31,8 +31,8 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   from act_jax.data import tfds_pipeline
   tfds_pipeline.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
-  print(f"{FLAGS.dataset} is prepared in {datasets.data_dir_root(FLAGS.data_dir)}; runs read it "
-        f"with --config.dataset.data_dir={datasets.data_dir_root(FLAGS.data_dir)}", flush=True)
+  print(f"{FLAGS.dataset} is prepared in {catalog.data_dir_root(FLAGS.data_dir)}; runs read it "
+        f"with --config.dataset.data_dir={catalog.data_dir_root(FLAGS.data_dir)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ def json_safe(value: Any) -> Any:
   return value
 
 
+def read_json(path: epath.PathLike) -> Any:
+  return json.loads(epath.Path(path).read_text())
+
+
 def write_json(path: epath.PathLike, payload: Mapping[str, Any]) -> None:
   """Writes strict JSON via a temporary file and a rename, so a crash never leaves a
   half-written file and a diverged run never leaves bare NaN tokens."""

@@ -1,8 +1,9 @@
 """The act_jax ACT step as `throughput` times it: the training code path.
 
-The step is `train_step` under `parallel.distribute_train_step` (shard_map in jit, donated
-state) on a mesh of the given devices, exactly what `act_jax.train` runs per step, with the
-workload's recipe and synthetic data created on the devices.
+The run is built by `act_jax.experiment`, as training builds it, and its step runs under
+`parallel.distribute_train_step` (shard_map in jit, donated state) on a mesh of the given
+devices, with the workload's recipe and synthetic data created on the devices. Training also
+gathers its batch inside the step; `benchmarks.loop_throughput` measures that part.
 """
 
 import dataclasses
@@ -15,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
-from act_jax import models, optimizers, parallel
+from act_jax import experiment, models, parallel
 from act_jax.attacks import parts
-from act_jax.methods.act import ACTHyperparams, train_step
-from act_jax.train_state import create_act_state
+from act_jax.data.catalog import DatasetInfo
+from act_jax.methods.act import ACTHyperparams
 from benchmarks import flops
 from benchmarks.workloads import Workload
 
@@ -75,39 +76,32 @@ def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
                      model_dtype: jnp.dtype, devices: list[jax.Device],
                      unroll_attack: bool | None = None, donate_state: bool = True
                      ) -> CompiledACTStep:
-  """Builds the state and batch on `devices`, compiles the step (timed) and returns it.
+  """Builds the run as training does (`act_jax.experiment`), its state and a batch on
+  `devices`, compiles the step (timed) and returns it.
 
-  With several devices the batch is split over them, as in data-parallel training.
-  `unroll_attack` None unrolls the attack where training would (on CPU); the variants
-  benchmark sets it, and `donate_state`, to measure what each choice is worth.
+  With several devices the batch is split over them, as in data-parallel training, and
+  BatchNorm synchronises as the recipe says; over one device it is plain BatchNorm, as in
+  training. `unroll_attack` None unrolls the attack where training would (on CPU); the
+  variants benchmark sets it, and `donate_state`, to measure what each choice is worth.
   """
   config = workload.recipe()
   config.model.dtype = jnp.dtype(model_dtype).name
-  mesh = parallel.make_mesh(devices)
-  if unroll_attack is None:
-    unroll_attack = parallel.unrolls_attack_loops(mesh)
   config.attack.num_steps = pgd_steps
-  hp = ACTHyperparams.from_config(config, unroll_attack=unroll_attack)
-  model = models.from_config(
-      config, workload.num_classes,
-      bn_axis_name=parallel.DATA_AXIS if config.model.sync_batch_norm else None)
-  tx = optimizers.sgd_with_coupled_weight_decay(config.optim, STEPS_PER_EPOCH,
-                                                global_batch_size=batch_size)
-  learning_rate_fn = optimizers.learning_rate_schedule(config.optim, STEPS_PER_EPOCH,
-                                                       global_batch_size=batch_size)
-  replicated = NamedSharding(mesh, parallel.REPLICATED)
-  state = jax.jit(lambda rng: create_act_state(model, tx, rng, workload.image_shape),
-                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  config.train.batch_size = batch_size
+  mesh = parallel.make_mesh(devices)
+  info = DatasetInfo(name=workload.config, num_classes=workload.num_classes,
+                     image_shape=workload.image_shape, num_train=0, num_test=0)
+  exp = experiment.build(config, mesh, info, steps_per_epoch=STEPS_PER_EPOCH,
+                         unroll_attack=unroll_attack)
+  state = exp.initial_state(jax.random.PRNGKey(0))
   batch = synthetic_batch(workload, batch_size, NamedSharding(mesh, parallel.SHARDED))
-  rng = jax.device_put(jax.random.PRNGKey(2), replicated)
-  step = parallel.distribute_train_step(
-      functools.partial(train_step, hp=hp, learning_rate_fn=learning_rate_fn), mesh,
-      donate_state=donate_state)
+  rng = parallel.replicate(jax.random.PRNGKey(2), mesh)
+  step = parallel.distribute_train_step(exp.train_step(), mesh, donate_state=donate_state)
 
   start = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
   compile_seconds = time.perf_counter() - start
-  loop_unrolled = parts.unroll_factor(pgd_steps, unroll_attack) >= pgd_steps
+  loop_unrolled = parts.unroll_factor(pgd_steps, exp.hyperparams.attack.unroll) >= pgd_steps
   holder = {"state": state, "metrics": None}
 
   def one_step() -> None:
@@ -118,4 +112,5 @@ def compile_act_step(workload: Workload, *, batch_size: int, pgd_steps: int,
 
   return CompiledACTStep(
       step=one_step, synchronize=synchronize, compile_seconds=compile_seconds,
-      xla_step_flops=cost_analysis_flops(compiled) if loop_unrolled else None, hyperparams=hp)
+      xla_step_flops=cost_analysis_flops(compiled) if loop_unrolled else None,
+      hyperparams=exp.hyperparams)

@@ -108,9 +108,9 @@ def torch_building_blocks(workload: Workload, batch: int) -> dict[str, Callable[
   import torch
   import torch.nn.functional as F
 
-  from benchmarks import torch_act
-  model = torch_act.build_model(workload.torch_model, num_classes=workload.num_classes,
-                                base_width=workload.recipe().model.base_width)
+  from act_jax.pytorch import models as torch_models
+  model = torch_models.build_model(workload.torch_model, num_classes=workload.num_classes,
+                                   base_width=workload.recipe().model.base_width)
   height, width, channels = workload.image_shape
   images = torch.rand(batch, channels, height, width)
   labels = torch.zeros(batch, dtype=torch.long)

@@ -64,7 +64,6 @@ def loop_config(workload: Any, args: argparse.Namespace, data_dir: str) -> Any:
   config.train.eval_every_steps = 0
   config.eval.num_steps = 1
   config.eval.num_examples = config.eval.batch_size
-  config.reference_study = ""
   if config.dataset.name != "fashion_mnist":
     config.dataset.data_dir = data_dir
   return config
@@ -74,10 +73,10 @@ def write_random_cifar(data_dir: str, name: str, examples: int, num_classes: int
   """Random images where the CIFAR pipeline caches its arrays: the real path, synthetic data."""
   import numpy as np
 
-  from act_jax.data import datasets
+  from act_jax.data import catalog
   data = np.random.default_rng(0)
   for split, count in (("train", examples), ("test", 512)):
-    path = datasets.npz_cache_path(data_dir, name, split)
+    path = catalog.npz_cache_path(data_dir, name, split)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(path, image=data.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
              label=data.integers(0, num_classes, count).astype(np.int32))
@@ -115,14 +114,14 @@ def time_in_memory_input(workload: Any, args: argparse.Namespace) -> dict[str, A
   import jax
   import numpy as np
 
-  from act_jax.data import datasets, in_memory
+  from act_jax.data import catalog, in_memory
   height, width, channels = workload.image_shape
   data = np.random.default_rng(0)
-  split = datasets.Split(data.integers(0, 256, (args.examples, height, width, channels),
+  split = catalog.Split(data.integers(0, 256, (args.examples, height, width, channels),
                                        dtype=np.uint8),
                          data.integers(0, workload.num_classes, args.examples).astype(np.int32))
-  stream = in_memory.TrainStream(split, global_batch_size=args.batch, seed=0,
-                                 mesh=parallel.make_mesh(), augment=channels == 3)
+  stream = in_memory.InMemoryTrainData(split, global_batch_size=args.batch, seed=0,
+                                       mesh=parallel.make_mesh(), augment=channels == 3)
   jax.block_until_ready(stream.batch(0))
   start = time.perf_counter()
   batches = [stream.batch(step) for step in range(1, args.steps + 1)]

@@ -5,7 +5,7 @@
 Each setting times the full ACT step (natural forward/backward, K-step PGD on the robust model,
 robust forward/backward, both SGD updates) on synthetic data already on the device. JAX runs
 the training code path (`act_jax.methods.act.train_step` under shard_map in jit); PyTorch runs
-`benchmarks/torch_act.py`, whose step a parity test ties to act_jax's, as a PyTorch user would
+`act_jax/pytorch/`, whose step a parity test ties to act_jax's, as a PyTorch user would
 run it fastest: eager, the whole step under `torch.compile`, or (on CUDA) the whole step
 captured in one CUDA graph, with `cudnn.benchmark` on.
 
@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 
 from act_jax import methods, optimizers
-from act_jax.methods.act import ACTHyperparams
 from benchmarks import jax_act_step, matmul_peak, reports
 from benchmarks.timing import Timing, time_calls, time_window
 from benchmarks.workloads import WORKLOADS, Workload
@@ -150,15 +149,16 @@ def time_jax(workload: Workload, setting: Setting, args: argparse.Namespace) -> 
 def time_torch(workload: Workload, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   import torch
 
-  from benchmarks import torch_act
+  from act_jax.pytorch import act_step as torch_act_step
+  from act_jax.pytorch import models as torch_models
   device = torch_device()
   config = workload.recipe()
   config.attack.num_steps = args.pgd_steps
-  hp = ACTHyperparams.from_config(config)
+  hp = methods.get("act").build_hyperparams(config, unroll_attack=False)
   torch.manual_seed(0)
-  new_model = lambda: torch_act.build_model(workload.torch_model, num_classes=workload.num_classes,
-                                            base_width=config.model.base_width)
-  trainer = torch_act.TorchACT(
+  new_model = lambda: torch_models.build_model(
+      workload.torch_model, num_classes=workload.num_classes, base_width=config.model.base_width)
+  trainer = torch_act_step.TorchACT(
       new_model(), new_model(), hp,
       learning_rate=optimizers.peak_learning_rate(config.optim, args.batch),
       weight_decay=config.optim.weight_decay, momentum=config.optim.momentum, device=device,
@@ -168,11 +168,11 @@ def time_torch(workload: Workload, setting: Setting, args: argparse.Namespace) -
   images = trainer.to_input(torch.rand(args.batch, channels, height, width, device=device))
   labels = torch.randint(0, workload.num_classes, (args.batch,), device=device)
   if setting.mode == "graph":
-    step = torch_act.capture_step_graph(trainer, images, labels)
+    step = torch_act_step.capture_step_graph(trainer, images, labels)
   else:
-    run_step = torch_act.compiled_step(trainer) if setting.mode == "compile" else trainer.step
+    run_step = torch_act_step.compiled_step(trainer) if setting.mode == "compile" else trainer.step
     step = lambda: run_step(images, labels)
-  synchronize = lambda: torch_act.synchronize(device)
+  synchronize = lambda: torch_act_step.synchronize(device)
   return {"window": time_window(step, synchronize, warmup_steps=args.warmup_steps,
                                 timed_steps=args.timed_steps),
           "per_step": time_calls(lambda: (step(), synchronize()), warmup_calls=1,

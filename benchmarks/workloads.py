@@ -8,7 +8,7 @@ import ml_collections
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-  """`model`: the act_jax name; `torch_model`: the benchmarks.torch_act name; `config`: the
+  """`model`: the act_jax name; `torch_model`: the act_jax.pytorch.models name; `config`: the
   `configs/<name>.py` recipe whose attack, ACT and optimiser settings the step uses."""
   model: str
   torch_model: str

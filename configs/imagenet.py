@@ -15,11 +15,11 @@ Data: prepare `imagenet2012` with TFDS in advance (it needs the manual download)
 `--config.dataset.data_dir` at it, e.g. gs://BUCKET/tensorflow_datasets.
 """
 
-from configs import common
+from configs import base
 
 
 def get_config():
-  config = common.base_config()
+  config = base.get_config()
   config.dataset.name = "imagenet2012"
   config.dataset.image_size = 224
   config.model.name = "resnet50_imagenet"
@@ -38,7 +38,6 @@ def get_config():
   config.optim.weight_decay = 1e-5
   config.optim.lr_decay_epochs = (30, 60, 90)
   config.optim.lr_decay_factor = 0.1
-  config.train.checkpoint_every_steps = 1000
   config.train.eval_every_steps = 10_000
   config.eval.batch_size = 1024
   return config

@@ -24,15 +24,14 @@ def test_round_trip_with_relative_workdir_and_keep_n(tmp_path, monkeypatch):
   manager = checkpointing.checkpoint_manager("relative/workdir", max_to_keep=2)
   rng = parallel.replicate(jax.random.PRNGKey(3), parallel.make_mesh())
   for step in (1, 2, 3):
-    checkpointing.save(manager, make_state(float(step)), rng,
-                       checkpointing.TrainingPosition(step=step, batches_consumed=step))
+    checkpointing.save(manager, make_state(float(step)), rng, step)
   manager.wait_until_finished()
   assert manager.all_steps() == [2, 3]
 
   restored = checkpointing.restore_latest(
       checkpointing.checkpoint_manager("relative/workdir", max_to_keep=2), make_state(0.0), rng)
-  state, restored_rng, position = restored
-  assert position == checkpointing.TrainingPosition(step=3, batches_consumed=3)
+  state, restored_rng, step = restored
+  assert step == 3
   np.testing.assert_array_equal(state.robust.params["w"], np.full(3, 3.0))
   np.testing.assert_array_equal(state.natural.opt_state[0].trace["w"], np.full(3, -3.0))
   assert int(state.step) == 3

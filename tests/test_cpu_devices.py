@@ -29,8 +29,9 @@ def probe(batches, **environment) -> tuple[str, int, str]:
 def test_the_default_is_one_device_per_core():
   set_to, count, flags = probe([CORES * 64])
   assert (set_to, count) == (str(CORES), CORES)
-  if CORES > 1:  # each device on its own core runs single-threaded
+  if CORES > 1:  # each device on its own core runs single-threaded, and waits for the others
     assert "--xla_cpu_multi_thread_eigen=false" in flags
+    assert "--xla_cpu_collective_call_terminate_timeout_seconds=600" in flags
 
 
 @pytest.mark.skipif(CORES < 2, reason="needs two cores to have a choice")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from act_jax import parallel
-from act_jax.data import datasets, fashion_mnist, in_memory, pipeline
+from act_jax.data import catalog, datasets, fashion_mnist, in_memory, pipeline
 
 from helpers import mock_prepared_tfds, write_fake_fashion_mnist
 
@@ -30,10 +30,10 @@ def dataset_config(tmp_path_factory) -> ml_collections.ConfigDict:
 
 
 @pytest.fixture(scope="module")
-def stream(dataset_config) -> in_memory.TrainStream:
-  return in_memory.TrainStream(datasets.in_memory_split(dataset_config, "train"),
-                               global_batch_size=BATCH, seed=3, mesh=parallel.make_mesh(),
-                               augment=False)
+def stream(dataset_config) -> in_memory.InMemoryTrainData:
+  return in_memory.InMemoryTrainData(datasets.in_memory_split(dataset_config, "train"),
+                                     global_batch_size=BATCH, seed=3, mesh=parallel.make_mesh(),
+                                     augment=False)
 
 
 def pixels(image) -> bytes:
@@ -43,7 +43,7 @@ def pixels(image) -> bytes:
 
 def test_fashion_mnist_reads_the_idx_files(dataset_config):
   info = datasets.dataset_info(dataset_config)
-  assert info == datasets.DatasetInfo("fashion_mnist", 10, (28, 28, 1), NUM_TRAIN, NUM_TEST)
+  assert info == catalog.DatasetInfo("fashion_mnist", 10, (28, 28, 1), NUM_TRAIN, NUM_TEST)
   split = datasets.in_memory_split(dataset_config, "test")
   images, labels = fashion_mnist.read_split(dataset_config.fashion_mnist_dir, "test")
   assert split.images.dtype == np.uint8 and split.images.shape == (NUM_TEST, 28, 28, 1)
@@ -61,7 +61,7 @@ def test_idx_reader_rejects_wrong_magic_naming_the_file(tmp_path):
 
 def test_a_missing_fashion_mnist_names_the_path_and_the_install_command(tmp_path):
   missing = str(tmp_path / "nowhere")
-  with pytest.raises(datasets.DatasetMissingError,
+  with pytest.raises(fashion_mnist.DatasetMissingError,
                      match=f"not found in {missing} .*apt-get install dataset-fashion-mnist"):
     fashion_mnist.read_split(missing, "train")
 
@@ -83,15 +83,14 @@ def test_validation_holdout_is_the_end_of_the_training_split(dataset_config):
   assert datasets.dataset_info(config).num_train == NUM_TRAIN - 12
 
 
-def test_train_batches_are_unit_range_images_and_labels(stream):
+def test_train_batches_are_unit_range_images_and_labels(dataset_config, stream):
   assert stream.steps_per_epoch == NUM_TRAIN // BATCH
   batch = stream.batch(0)
   assert batch["image"].shape == (BATCH, 28, 28, 1) and batch["image"].dtype == jnp.float32
   assert float(batch["image"].min()) >= 0.0 and float(batch["image"].max()) <= 1.0
   assert batch["label"].shape == (BATCH,) and batch["label"].dtype == jnp.int32
-  split = stream._images, stream._labels
-  np.testing.assert_array_equal(np.asarray(batch["label"]),
-                                np.asarray(split[1])[stream.indices(0)])
+  labels = datasets.in_memory_split(dataset_config, "train").labels
+  np.testing.assert_array_equal(np.asarray(batch["label"]), labels[stream.indices(0)])
 
 
 def test_an_epoch_sees_every_example_at_most_once_and_epochs_reshuffle(stream):
@@ -106,12 +105,12 @@ def test_an_epoch_sees_every_example_at_most_once_and_epochs_reshuffle(stream):
 def test_batches_are_a_pure_function_of_seed_and_step(dataset_config, stream):
   """What resuming relies on: a new stream at step k yields what the first one yields there."""
   split = datasets.in_memory_split(dataset_config, "train")
-  resumed = in_memory.TrainStream(split, global_batch_size=BATCH, seed=3,
-                                  mesh=parallel.make_mesh(), augment=False)
+  resumed = in_memory.InMemoryTrainData(split, global_batch_size=BATCH, seed=3,
+                                        mesh=parallel.make_mesh(), augment=False)
   for step in (13, 2, 7):  # out of order, across epochs
     np.testing.assert_array_equal(resumed.batch(step)["image"], stream.batch(step)["image"])
-  other_seed = in_memory.TrainStream(split, global_batch_size=BATCH, seed=4,
-                                     mesh=parallel.make_mesh(), augment=False)
+  other_seed = in_memory.InMemoryTrainData(split, global_batch_size=BATCH, seed=4,
+                                           mesh=parallel.make_mesh(), augment=False)
   assert not np.array_equal(other_seed.indices(0), stream.indices(0))
 
 
@@ -170,7 +169,7 @@ def test_cifar_is_read_once_then_served_from_its_array_cache(tmp_path):
     first = datasets.in_memory_split(config, "train")
   assert (info.num_train, info.num_test, info.image_shape) == (20, 20, (32, 32, 3))
   for split in ("train", "test"):
-    assert os.path.exists(datasets.npz_cache_path(str(tmp_path), "cifar10", split))
+    assert os.path.exists(catalog.npz_cache_path(str(tmp_path), "cifar10", split))
   datasets._stored_split.cache_clear()
   # No mock now: the dataset is not prepared in tmp_path; the cache serves both splits.
   assert datasets.dataset_info(config) == info
@@ -179,18 +178,19 @@ def test_cifar_is_read_once_then_served_from_its_array_cache(tmp_path):
   assert first.images.shape == (20, 32, 32, 3) and first.images.dtype == np.uint8
 
 
-def test_a_bound_step_sees_the_batch_of_its_step(stream):
-  """`bind` gathers each step's batch inside the compiled step: the step sees `batch(step)`."""
+def test_a_train_step_with_its_data_sees_the_batch_of_its_step(stream):
+  """The batch is gathered inside the compiled step: the step sees `batch(step)`."""
 
   def step_fn(state, batch, rng):
     del rng
     total = jax.lax.psum(batch["image"].sum() + batch["label"].sum(), parallel.DATA_AXIS)
     return state + 1, {"total": total}
 
-  bound = stream.bind(step_fn)
+  compiled = parallel.distribute_train_step_with_data(step_fn, stream.device_batch,
+                                                      parallel.make_mesh())
   state = parallel.replicate(jnp.zeros((), jnp.int32), parallel.make_mesh())
   for step in (0, 9):
-    state, metrics = bound(state, step, jax.random.PRNGKey(0))
+    state, metrics = compiled(state, *stream.step_inputs(step), jax.random.PRNGKey(0))
     batch = stream.batch(step)
     expected = float(np.sum(batch["image"]) + np.sum(batch["label"]))
     np.testing.assert_allclose(float(metrics["total"]), expected, rtol=1e-6)

@@ -14,7 +14,7 @@ import pytest
 
 from act_jax import parallel
 from act_jax.attacks import specs
-from act_jax.data import datasets, pipeline
+from act_jax.data import catalog, pipeline
 from act_jax.evaluate import cli, sanity
 from act_jax.evaluate.evaluator import Evaluator
 
@@ -38,6 +38,7 @@ def trained_workdir(fake_fashion_mnist_dir, tmp_path_factory):
   return str(root / "run")
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(trained_workdir, tmp_path):
   output = tmp_path / "new_directory" / "robustness.json"
   result = subprocess.run(
@@ -134,7 +135,7 @@ def linear_problem():
 
 
 def eval_data(images, labels, batch_size=16, supports_subsets=True):
-  data = pipeline.in_memory_eval_data(datasets.Split(images, labels),
+  data = pipeline.in_memory_eval_data(catalog.Split(images, labels),
                                       per_process_batch_size=batch_size)
   return dataclasses.replace(data, supports_subsets=supports_subsets)
 

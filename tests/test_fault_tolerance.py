@@ -85,6 +85,7 @@ def logits(workdir, which=None) -> np.ndarray:
   return np.asarray(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_without_saving_its_state(tmp_path):
   """The learning rate jumps to 5e28 at step 8 (a schedule 'decay' of 1e30 at epoch 0.004 of
   1875 steps), so the state after step 8 diverges. The run names the step, the model and the
@@ -103,6 +104,7 @@ def test_a_diverged_run_stops_without_saving_its_state(tmp_path):
   assert np.isfinite(logits(workdir)).all()
 
 
+@pytest.mark.slow
 def test_load_model_refuses_non_finite_weights(tmp_path):
   """A checkpoint whose weights are NaN (as older versions could save) is refused."""
   workdir = tmp_path / "nan_weights"
@@ -116,7 +118,7 @@ nan_state = jax.tree.map(lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.fl
 manager = checkpointing.checkpoint_manager({str(workdir)!r}, max_to_keep=None)
 checkpointing.save(manager, nan_state, parallel.replicate(jax.random.PRNGKey(0),
                    parallel.make_mesh(jax.devices()[:1])),
-                   checkpointing.TrainingPosition(step=3, batches_consumed=3))
+                   3)
 manager.wait_until_finished()
 """
   assert run([sys.executable, "-c", code]).returncode == 0
@@ -127,6 +129,7 @@ manager.wait_until_finished()
   assert_one_line_error(evaluation, "non-finite weights")
 
 
+@pytest.mark.slow
 def test_a_refused_config_change_leaves_the_workdir_byte_identical(tmp_path):
   workdir = tmp_path / "finished"
   assert train(workdir, "--config.train.max_steps=3").returncode == 0
@@ -142,6 +145,7 @@ def test_a_refused_config_change_leaves_the_workdir_byte_identical(tmp_path):
   assert changes == [{"step": 3, "changes": {"train.max_steps": [3, 5]}}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated_file", "missing_metadata"])
 def test_a_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, damage):
   workdir = tmp_path / damage
@@ -157,7 +161,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, damag
     os.remove(state_dir / "_METADATA")
   intact = logits(workdir)  # load_model falls back to step 3
   evaluation = run(command(workdir, "--attacks=clean", "--eps-sweep=", "--large-eps=0.1",
-                           module="act_jax.evaluate"))
+                           "--sweep-attack=fgsm", module="act_jax.evaluate"))
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   assert "warning: checkpoint step 6" in evaluation.stderr and "left in place" in evaluation.stderr
   assert "Traceback" not in evaluation.stderr
@@ -199,6 +203,7 @@ def test_a_workdir_that_is_a_file_or_cannot_be_written_gets_one_line(tmp_path):
   assert_one_line_error(train("/proc/act_jax_workdir"), "cannot be")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_checkpoints_and_exits_promptly(tmp_path, signal_number):
   """The process exits 0 within 5 s of committing its preemption checkpoint, and resumes."""
@@ -225,6 +230,7 @@ def test_a_signal_checkpoints_and_exits_promptly(tmp_path, signal_number):
   assert strict_json(workdir / "results.json")["train_log"][-1]["step"] == newest
 
 
+@pytest.mark.slow
 def test_kill_9_keeps_the_log_up_to_the_checkpoint_it_resumes_from(tmp_path):
   workdir = tmp_path / "killed"
   process = subprocess.Popen(command(workdir, *TINY, "--config.train.max_steps=5000",

@@ -35,7 +35,8 @@ torch = pytest.importorskip(
     "(pip install torch, or the 'torch' extra)")
 F = torch.nn.functional
 
-from benchmarks import torch_act  # noqa: E402  (needs torch, checked above)
+from act_jax.pytorch import act_step as torch_act_step  # noqa: E402  (needs torch, checked above)
+from act_jax.pytorch import models as torch_models  # noqa: E402
 
 LEARNING_RATE, WEIGHT_DECAY = 0.05, 5e-4
 IMAGE_SHAPE, BATCH, NUM_CLASSES, WIDTH = (28, 28, 1), 8, 10, 4
@@ -44,7 +45,8 @@ EPS, STEP_SIZE, NUM_STEPS, BETA = 0.1, 0.02, 3, 6.0
 MAX_DIFFERING_PIXEL_FRACTION = 1e-3
 HYPERPARAMS = {
     "natural": natural.NaturalHyperparams(),
-    "pgd_at": AttackBudget(eps=EPS, step_size=STEP_SIZE, num_steps=NUM_STEPS),
+    "pgd_at": pgd_at.PGDATHyperparams(
+        attack=AttackBudget(eps=EPS, step_size=STEP_SIZE, num_steps=NUM_STEPS)),
     "trades": trades.TradesHyperparams(
         beta=BETA, attack=AttackBudget(eps=EPS, step_size=STEP_SIZE, num_steps=NUM_STEPS)),
 }
@@ -100,7 +102,7 @@ def torch_trades_loss(model, x_natural, y, optimizer, x_adv_start):
 
 def torch_step(method, model, images, labels, start):
   """One step of `method` in PyTorch; the metrics and x' (None for natural training)."""
-  optimizer = torch_act.sgd(model, LEARNING_RATE, WEIGHT_DECAY)
+  optimizer = torch_act_step.sgd(model, LEARNING_RATE, WEIGHT_DECAY)
   model.train()
   adversarial = None
   if method == "trades":
@@ -125,7 +127,7 @@ def jax_start_and_adversarial(method, state, batch, rng):
     keys = parallel.example_rngs(rng, state.step, images.shape[0])
     if method == "pgd_at":
       return (parts.uniform_init(keys, images, EPS),
-              pgd_at.adversarial_examples(state, images, labels, keys, hp))
+              pgd_at.adversarial_examples(state, images, labels, keys, hp.attack))
     return (parts.gaussian_init(keys, images, 0.001),
             trades.adversarial_examples(state, images, keys, hp.attack))
 
@@ -139,7 +141,8 @@ def jax_start_and_adversarial(method, state, batch, rng):
 def parity(request):
   method = request.param
   model = models.build_model("small_cnn", num_classes=NUM_CLASSES, base_width=WIDTH)
-  tx = optimizers.sgd_with_coupled_weight_decay(optim_config(), steps_per_epoch=10)
+  tx = optimizers.sgd_with_coupled_weight_decay(
+      optim_config(), optimizers.learning_rate_schedule(optim_config(), 10))
   variables = random_variables(model, IMAGE_SHAPE, seed=1)
   state = ModelState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables["batch_stats"]).replace(
@@ -155,8 +158,8 @@ def parity(request):
   new_state, metrics = run_one_device_step(state, batch, rng, hp=HYPERPARAMS[method],
                                            optim_config=optim_config(),
                                            step_fn=methods.get(method).train_step)
-  torch_model = torch_act.load_flax_variables(torch_act.SmallCNN(NUM_CLASSES, width=WIDTH),
-                                              old.params, old.batch_stats)
+  torch_model = torch_models.load_flax_variables(
+      torch_models.SmallCNN(NUM_CLASSES, width=WIDTH), old.params, old.batch_stats)
   counts = record_bn_sample_counts(torch_model)
   torch_metrics, torch_adversarial = torch_step(
       method, torch_model, nchw(batch["image"]),
@@ -186,7 +189,7 @@ def test_adversarial_examples_agree(parity):
 
 def test_updated_params_agree(parity):
   """Gradients (through both KL arguments for TRADES), weight decay, momentum: same params."""
-  params, _ = torch_act.torch_to_flax_variables(parity["torch_model"])
+  params, _ = torch_models.torch_to_flax_variables(parity["torch_model"])
   jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6), params,
                parity["new"].params)
   moved = max(float(np.max(np.abs(n - o))) for n, o in zip(
@@ -197,7 +200,7 @@ def test_updated_params_agree(parity):
 def test_running_statistics_follow_every_train_mode_pass(parity):
   """TRADES updates BatchNorm's running statistics three times a step (x, x', x), as the
   official code's three train-mode passes do; the other methods once."""
-  _, stats = torch_act.torch_to_flax_variables(parity["torch_model"])
+  _, stats = torch_models.torch_to_flax_variables(parity["torch_model"])
   for path, n in parity["counts"].items():
     actual, expected, old = (layer_stats(tree, path) for tree in
                              (stats, parity["new"].batch_stats, parity["old"].batch_stats))

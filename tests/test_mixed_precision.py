@@ -37,7 +37,8 @@ def one_step(dtype, state, batch):
 @pytest.fixture(scope="module")
 def steps():
   model = models.build_model("small_cnn", num_classes=10, base_width=8)
-  tx = optimizers.sgd_with_coupled_weight_decay(OPTIM, 10)
+  tx = optimizers.sgd_with_coupled_weight_decay(
+      OPTIM, optimizers.learning_rate_schedule(OPTIM, 10))
   state = create_act_state(model, tx, jax.random.PRNGKey(0), (28, 28, 1))
   data = np.random.default_rng(0)
   batch = {"image": jnp.asarray(data.uniform(size=(32, 28, 28, 1)), jnp.float32),

@@ -1,8 +1,11 @@
 """Data parallelism: the step over 8 (simulated CPU) devices equals the step over one device."""
 
+import pytest
+
 from helpers import run_script_on_eight_devices
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_one_device_step():
   """Loss, grads (through the updated params), BN statistics and PGD noise all agree.
 
@@ -19,6 +22,7 @@ def test_eight_device_step_equals_one_device_step():
   assert differences["per_device_vs_sync_bn"] > 1e-4
 
 
+@pytest.mark.slow
 def test_eight_device_robustness_evaluation_equals_one_device():
   """Every attack of the evaluation suite counts the same examples when sharded 8 ways."""
   runs = run_script_on_eight_devices("robustness_equivalence.py")

@@ -19,7 +19,8 @@ import pytest
 
 from helpers import HAS_REAL_FASHION_MNIST, NEEDS_REAL_FASHION_MNIST, REAL_FASHION_MNIST_DIR, REPO
 
-pytestmark = pytest.mark.skipif(not HAS_REAL_FASHION_MNIST, reason=NEEDS_REAL_FASHION_MNIST)
+pytestmark = [pytest.mark.skipif(not HAS_REAL_FASHION_MNIST, reason=NEEDS_REAL_FASHION_MNIST),
+              pytest.mark.slow]
 
 RUN_TIMEOUT_S = 900
 
@@ -175,7 +176,6 @@ def wait_for_checkpoint(workdir, step: int, runs: list[subprocess.Popen]) -> Non
     time.sleep(0.2)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("devices_per_process", [1, 2])
 def test_every_periodic_action_of_the_loop_runs_in_two_processes(tmp_path, devices_per_process):
   """Two processes log, evaluate, write scheduled checkpoints, stop together on SIGTERM, and the
@@ -192,14 +192,14 @@ def test_every_periodic_action_of_the_loop_runs_in_two_processes(tmp_path, devic
   data_dir = tmp_path / "tfds"
   topology = dict(processes=2, devices_per_process=devices_per_process)
   max_steps = 60
-  periodic = ("--config.train.checkpoint_every_steps=4", "--config.train.eval_every_steps=6",
-              "--config.train.max_checkpoints_to_keep=30")
+  periodic = ("--config.train.checkpoint_every_steps=4", "--config.train.eval_every_steps=20",
+              "--config.train.max_checkpoints_to_keep=30", "--config.eval.num_examples=64")
   reference = tmp_path / "uninterrupted"
   train(reference, data_dir, **topology, max_steps=max_steps, flags=periodic)
   expected = results(reference)
   assert sorted(int(name) for name in os.listdir(reference / "checkpoints")) == sorted(
       {*range(4, max_steps, 4), max_steps})
-  assert [e["step"] for e in expected["evaluations"]] == [*range(6, max_steps, 6), max_steps]
+  assert [e["step"] for e in expected["evaluations"]] == [20, 40, 60]
 
   preempted = tmp_path / "preempted"
   runs = launch(preempted, data_dir, **topology, max_steps=max_steps, flags=periodic)
@@ -234,9 +234,9 @@ def test_every_periodic_action_of_the_loop_runs_in_two_processes(tmp_path, devic
   def assert_equals_uninterrupted(got: dict) -> None:
     assert_logs_close(got["train_log"], expected["train_log"], rtol=1e-5)
     for name in ("natural", "robust"):
-      for kind in ("clean", "pgd3"):  # at most one of 256 examples may flip on a rounding tie
+      for kind in ("clean", "pgd3"):  # at most one of 64 examples may flip on a rounding tie
         assert abs(got["final"]["accuracy"][name][kind]
-                   - expected["final"]["accuracy"][name][kind]) <= 1 / 256
+                   - expected["final"]["accuracy"][name][kind]) <= 1 / 64
 
   assert_equals_uninterrupted(results(in_two))
   if devices_per_process == 1:
@@ -254,7 +254,8 @@ def test_evaluate_in_two_processes_equals_one(runs, tmp_path):
     output = tmp_path / f"robustness_{processes}.json"
     finish(launch_module(
         ["act_jax.evaluate", f"--workdir={runs['two_hosts']}", "--attacks=clean,pgd3,apgd-ce",
-         "--num-examples=64", "--batch-size=32", "--apgd-steps=3", "--eps-sweep=0,0.1",
+         "--num-examples=64", "--batch-size=32", "--apgd-steps=3", "--eps-sweep=0.1",
+         "--sweep-attack=fgsm",
          f"--output={output}"], processes=processes, devices_per_process=devices))
     with open(output) as f:
       reports[processes] = json.load(f)
@@ -267,7 +268,6 @@ def test_evaluate_in_two_processes_equals_one(runs, tmp_path):
                                one["eps_sweep"]["accuracy"][model], atol=1 / 64)
 
 
-@pytest.mark.slow
 def test_a_study_in_two_processes_equals_one(runs, tmp_path):
   """The study (training, its evaluation and AutoAttack) over 2 processes x 2 devices gives the
   1 x 4 study's numbers."""
@@ -276,8 +276,9 @@ def test_a_study_in_two_processes_equals_one(runs, tmp_path):
     workdir = tmp_path / f"study_{processes}"
     outputs = finish(launch_module(
         ["act_jax.study", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
-         "--methods=natural,act", "--seeds=0", "--autoattack_examples=64", "--apgd_steps=3",
-         *SMALL_RECIPE, "--config.eval.num_steps=20", "--config.train.max_steps=3",
+         "--methods=act", "--seeds=0", "--autoattack_examples=32", "--apgd_steps=3",
+         "--curve_examples=0", *SMALL_RECIPE, "--config.eval.num_steps=20",
+         "--config.eval.num_examples=64", "--config.train.max_steps=3",
          f"--config.dataset.data_dir={runs['data_dir']}"],
         processes=processes, devices_per_process=devices))
     if processes > 1:
@@ -287,6 +288,6 @@ def test_a_study_in_two_processes_equals_one(runs, tmp_path):
   two, one = studies[2]["runs"], studies[1]["runs"]
   assert [(r["method"], r["model"]) for r in two] == [(r["method"], r["model"]) for r in one]
   for got, want in zip(two, one, strict=True):
-    assert abs(got["clean"] - want["clean"]) <= 1 / 256
-    assert abs(got["pgd20"] - want["pgd20"]) <= 1 / 256
-    assert abs(got["autoattack"] - want["autoattack"]) <= 1 / 64
+    assert abs(got["clean"] - want["clean"]) <= 1 / 64
+    assert abs(got["pgd20"] - want["pgd20"]) <= 1 / 64
+    assert abs(got["autoattack"] - want["autoattack"]) <= 1 / 32

@@ -18,7 +18,8 @@ def optim_config(**overrides):
 def test_sgd_matches_torch_sgd_with_coupled_weight_decay():
   """torch.optim.SGD: g += wd * p; buf = m * buf + g (buf = g at first); p -= lr * buf."""
   config = optim_config(lr_decay_epochs=(1,))  # the lr drops after 3 of the 5 steps
-  tx = optimizers.sgd_with_coupled_weight_decay(config, steps_per_epoch=3)
+  tx = optimizers.sgd_with_coupled_weight_decay(
+      config, optimizers.learning_rate_schedule(config, 3))
   rng = np.random.default_rng(0)
   params = rng.normal(size=4).astype(np.float32)
   gradients = rng.normal(size=(5, 4)).astype(np.float32)

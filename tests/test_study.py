@@ -16,6 +16,8 @@ import pytest
 
 from helpers import REPO, write_fake_fashion_mnist
 
+pytestmark = pytest.mark.slow
+
 STEPS_PER_EPOCH = 16  # 256 training images in batches of 16
 BUDGETS = (2, 4)
 INTERRUPTED_RUN = os.path.join("pgd_at", "epochs4", "seed0")

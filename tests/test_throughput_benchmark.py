@@ -104,6 +104,7 @@ def test_cuda_only_settings_are_skipped_on_cpu_with_their_reason(tmp_path):
                      "torch_eager_bf16": "bf16 autocast is CUDA-only"}
 
 
+@pytest.mark.slow
 def test_torch_and_jax_in_one_run_report_the_speedup_over_the_best_torch(tmp_path):
   """Eager and the whole step under torch.compile; JAX's speed-up is over the faster one."""
   pytest.importorskip("torch", reason="the PyTorch baseline needs torch (the 'torch' extra)")
@@ -122,6 +123,7 @@ def test_torch_and_jax_in_one_run_report_the_speedup_over_the_best_torch(tmp_pat
   assert report["meta"]["versions"]["torch"]
 
 
+@pytest.mark.slow
 def test_step_variants_each_run_in_their_own_process(tmp_path):
   """The attempts table: every variant must build and time the same step, none may fail."""
   from benchmarks import jax_step_variants

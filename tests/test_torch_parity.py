@@ -1,4 +1,4 @@
-"""One act_jax ACT step against the PyTorch baseline in benchmarks/torch_act.py, number for number.
+"""One act_jax ACT step against the PyTorch baseline in act_jax/pytorch/, number for number.
 
 Both frameworks start from the same weights, running statistics, batch and attack noise, so
 any disagreement beyond float32 rounding is a semantic difference between them: in the
@@ -33,9 +33,10 @@ from helpers import (
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed: the parity checks against the PyTorch baseline "
-    "in benchmarks/torch_act.py need it (pip install torch, or the 'torch' extra)")
+    "in act_jax/pytorch/ need it (pip install torch, or the 'torch' extra)")
 
-from benchmarks import torch_act  # noqa: E402  (needs torch, checked above)
+from act_jax.pytorch import act_step as torch_act_step  # noqa: E402  (needs torch, checked above)
+from act_jax.pytorch import models as torch_models  # noqa: E402
 
 HP = ACTHyperparams(natural_alpha=0.9, robust_alpha=0.9, temperature=4.0,
                     attack_loss_reduction="reference",
@@ -89,14 +90,14 @@ def jax_noise_and_adversarial(state, batch, rng):
 
 def torch_step(state, batch, noise):
   """One step of the PyTorch baseline from the same state, batch and noise."""
-  torch_models = []
+  pair = []
   for model_state in (state.natural, state.robust):
-    model = torch_act.SmallCNN(NUM_CLASSES, width=WIDTH)
-    torch_models.append(torch_act.load_flax_variables(model, to_numpy(model_state.params),
-                                                      to_numpy(model_state.batch_stats)))
-  counts = [record_bn_sample_counts(model) for model in torch_models]
-  trainer = torch_act.TorchACT(*torch_models, HP, learning_rate=LEARNING_RATE,
-                               weight_decay=WEIGHT_DECAY)
+    model = torch_models.SmallCNN(NUM_CLASSES, width=WIDTH)
+    pair.append(torch_models.load_flax_variables(model, to_numpy(model_state.params),
+                                                 to_numpy(model_state.batch_stats)))
+  counts = [record_bn_sample_counts(model) for model in pair]
+  trainer = torch_act_step.TorchACT(*pair, HP, learning_rate=LEARNING_RATE,
+                                    weight_decay=WEIGHT_DECAY)
   labels = torch.from_numpy(np.array(batch["label"])).long()
   output = trainer.step(nchw(batch["image"]), labels, noise=nchw(noise))
   return trainer, output, counts
@@ -113,7 +114,8 @@ def model_state(model, tx, seed: int) -> ModelState:
 @pytest.fixture(scope="module")
 def parity():
   model = models.build_model("small_cnn", num_classes=NUM_CLASSES, base_width=WIDTH)
-  tx = optimizers.sgd_with_coupled_weight_decay(optim_config(), steps_per_epoch=10)
+  tx = optimizers.sgd_with_coupled_weight_decay(
+      optim_config(), optimizers.learning_rate_schedule(optim_config(), 10))
   state = ACTState(natural=model_state(model, tx, seed=1), robust=model_state(model, tx, seed=2))
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(size=(BATCH, *IMAGE_SHAPE)), jnp.float32),
@@ -158,7 +160,7 @@ def test_updated_params_agree(parity):
   """Gradients, coupled weight decay and momentum SGD: the same parameters after the step."""
   for model_name, module in (("natural", parity["trainer"].natural),
                              ("robust", parity["trainer"].robust)):
-    params, _ = torch_act.torch_to_flax_variables(module)
+    params, _ = torch_models.torch_to_flax_variables(module)
     expected = getattr(parity["new"], model_name).params
     old = getattr(parity["old"], model_name).params
     worst = max(jax.tree.leaves(jax.tree.map(
@@ -175,7 +177,7 @@ def test_running_statistics_agree(parity):
   uncorrected = []
   for model_name, module, counts in (("natural", parity["trainer"].natural, parity["counts"][0]),
                                      ("robust", parity["trainer"].robust, parity["counts"][1])):
-    _, stats = torch_act.torch_to_flax_variables(module)
+    _, stats = torch_models.torch_to_flax_variables(module)
     expected = getattr(parity["new"], model_name).batch_stats
     old = getattr(parity["old"], model_name).batch_stats
     for path, n in counts.items():
@@ -202,8 +204,8 @@ def resnet_setup(name: str, image_size: int, dtype: jnp.dtype):
   image_shape = (image_size, image_size, 3)
   variables = jax.tree.map(lambda v: v.astype(dtype), random_variables(model, image_shape, 3))
   images = np.random.default_rng(4).uniform(size=(2, *image_shape)).astype(dtype)
-  torch_model = torch_act.load_flax_variables(
-      torch_act.build_model(name, num_classes=NUM_CLASSES, base_width=WIDTH),
+  torch_model = torch_models.load_flax_variables(
+      torch_models.build_model(name, num_classes=NUM_CLASSES, base_width=WIDTH),
       to_numpy(variables["params"]), to_numpy(variables["batch_stats"]))
   return model, variables, jnp.asarray(images), torch_model
 
@@ -243,7 +245,7 @@ def test_resnet_train_forward_agrees(name, image_size):
   assert len(counts) == len(jax.tree.leaves(updates)) // 2  # every BN layer is compared
   print(f"{name} train: max |torch - jax| {np.abs(actual - expected).max():.2e}")
   np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
-  _, stats = torch_act.torch_to_flax_variables(torch_model)
+  _, stats = torch_models.torch_to_flax_variables(torch_model)
   old = to_numpy(variables["batch_stats"])
   for path, n in counts.items():
     actual_layer, expected_layer, old_layer = (layer_stats(tree, path)

@@ -28,7 +28,8 @@ def optim_config():
 @pytest.fixture(scope="module")
 def setup():
   model = models.build_model("small_cnn", num_classes=10, base_width=2)
-  tx = optimizers.sgd_with_coupled_weight_decay(optim_config(), steps_per_epoch=10)
+  tx = optimizers.sgd_with_coupled_weight_decay(
+      optim_config(), optimizers.learning_rate_schedule(optim_config(), 10))
   state = create_act_state(model, tx, jax.random.PRNGKey(0), IMAGE_SHAPE)
   # Non-trivial running statistics, so eval-mode and train-mode BatchNorm really differ.
   state = state.replace(robust=state.robust.replace(batch_stats=jax.tree.map(

@@ -20,11 +20,15 @@ def final_logits(workdir, images):
           for which in ("natural", "robust")}
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_path):
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_path,
+                                                           monkeypatch):
   uninterrupted = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
   interrupted_dir = str(tmp_path / "b")
-  # Step 4 is not a checkpoint step (every 3): the preemption checkpoint alone carries the run.
-  partial = train.train_and_evaluate(tiny_config, interrupted_dir, interrupt_after_steps=4)
+  # A preemption notice at step 4, as SIGTERM raises it. Step 4 is not a checkpoint step
+  # (every 3): the preemption checkpoint alone carries the run.
+  with monkeypatch.context() as patch:
+    patch.setattr(train.Preemption, "requested", lambda self, step: step >= 4)
+    partial = train.train_and_evaluate(tiny_config, interrupted_dir)
   assert "final" not in partial and partial["train_log"][-1]["step"] == 4
   resumed = train.train_and_evaluate(tiny_config, interrupted_dir)
 
@@ -50,6 +54,12 @@ def test_results_json_and_load_model(tiny_config, tmp_path):
     assert set(accuracy) == {"clean", "pgd2"}  # the config's eval PGD has 2 steps
     assert 0.0 <= accuracy["pgd2"] <= accuracy["clean"] <= 1.0
   assert os.listdir(os.path.join(workdir, "tensorboard"))
+  # docs/configs.md documents every key a run writes.
+  with open(os.path.join(REPO, "docs", "configs.md")) as f:
+    documented = f.read()
+  keys = set(on_disk) | set(final) | {"config_changes", "stopped", "images_per_second",
+                                      "learning_rate"}
+  assert [key for key in sorted(keys) if f"`{key}`" not in documented] == []
 
   # load_model's clean accuracy on the test split reproduces the run's own evaluation.
   batches = list(pipeline.eval_data(tiny_config, batch_size=32).batches())
@@ -83,6 +93,7 @@ LEARNING_STEPS = {"natural": 150, "pgd_at": 150, "trades": 150, "act": 600}
 MIN_CLEAN_ACCURACY = 0.45
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_REAL_FASHION_MNIST, reason=NEEDS_REAL_FASHION_MNIST)
 @pytest.mark.parametrize("method", methods.METHOD_NAMES)
 def test_a_short_real_fashion_mnist_run_of_each_method_learns(method, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from helpers import REPO
 
 pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
+pytestmark = pytest.mark.slow
 
 SECONDS_WITHOUT_A_DOWNLOAD = 60  # a download attempt without a network retries for minutes
 

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -27,6 +28,16 @@ _STEPPED = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>[1-9][0-9]*)(?P<variant>-l2|-
 _TARGETS = {"-targeted": "random", "-ll": "least_likely"}
 
 
+DEFAULT_PGD_TRAVEL = 2.5  # PGD-K's total travel in units of eps: Madry et al.'s ratio
+
+
+def training_pgd_travel(eval_config: Any) -> float:
+  """The travel of a run's own evaluation PGD (`config.eval`): its steps are `eval.step_size`."""
+  if eval_config.eps <= 0:
+    return DEFAULT_PGD_TRAVEL
+  return eval_config.step_size * eval_config.num_steps / eval_config.eps
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
   """The threat model, step rule and loop style shared by every attack of one evaluation.
@@ -39,7 +50,7 @@ class AttackSettings:
   """
   eps: float
   eps_l2: float = 1.0
-  pgd_travel: float = 2.5
+  pgd_travel: float = DEFAULT_PGD_TRAVEL
   restarts: int = 1
   apgd_steps: int = APGD_STEPS
   unroll: bool = False

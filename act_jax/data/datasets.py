@@ -9,7 +9,6 @@ A run may hold out the last `dataset.validation_examples` training examples as a
 split (`eval.split = "validation"`): recipes are tuned on it, never on the test split.
 """
 
-import dataclasses
 import functools
 import os
 
@@ -17,45 +16,15 @@ import ml_collections
 import numpy as np
 
 from act_jax.data import fashion_mnist
-from act_jax.data.fashion_mnist import DatasetMissingError
-
-DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
-IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
-EVAL_SPLITS = ("test", "validation")
-NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
-
-__all__ = ["DATASET_NAMES", "DatasetInfo", "DatasetMissingError", "Split", "dataset_info",
-           "in_memory_split"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the model and the schedule need to know about a dataset.
-
-  `image_shape` is the shape of the images the pipeline yields (after any crop); `num_train`
-  counts the examples training draws from (the validation hold-out excluded) and `num_test`
-  the split that evaluation reads by default (ImageNet's labelled "validation").
-  """
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  num_train: int
-  num_test: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """A whole split in memory: images [n, H, W, C] (uint8, as datasets store them, or float in
-  [0, 1]) and int32 labels [n]."""
-  images: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def take(self, rows: slice) -> "Split":
-    return Split(self.images[rows], self.labels[rows])
+from act_jax.data.catalog import (
+  DATASET_NAMES,
+  IMAGE_SHAPES,
+  IN_MEMORY_DATASETS,
+  NUM_CLASSES,
+  DatasetInfo,
+  Split,
+  npz_cache_path,
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,16 +66,6 @@ def dataset_info(dataset_config: ml_collections.ConfigDict) -> DatasetInfo:
   return DatasetInfo(name=name, num_classes=NUM_CLASSES[name], image_shape=IMAGE_SHAPES[name],
                      num_train=len(in_memory_split(dataset_config, "train")),
                      num_test=len(in_memory_split(dataset_config, "test")))
-
-
-def data_dir_root(data_dir: str | None) -> str:
-  """The TFDS data directory that `data_dir` (None: TFDS's default) stands for."""
-  return data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-
-
-def npz_cache_path(data_dir: str | None, name: str, split: str) -> str:
-  """Where a TFDS-read small split is cached as uint8 arrays, beside the TFDS data."""
-  return os.path.join(data_dir_root(data_dir), "act_jax_arrays", f"{name}_{split}.npz")
 
 
 def check_available(dataset_config: ml_collections.ConfigDict) -> None:

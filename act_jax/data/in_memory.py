@@ -16,7 +16,8 @@ examples), gathered on the host, with the example index and a mask for padding.
 """
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +25,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from act_jax import parallel
-from act_jax.data.datasets import Split
+from act_jax.data.catalog import HostBatch, Split
 
 CIFAR_PADDING = 4
 AUGMENTATION_SALT = 0x617567  # folded into the seed, so augmentation and attack keys differ
-HostBatch = dict[str, np.ndarray]
 
 
 def cifar_augment(image: jax.Array, key: jax.Array) -> jax.Array:
@@ -44,9 +44,11 @@ def cifar_augment(image: jax.Array, key: jax.Array) -> jax.Array:
   return jnp.where(jax.random.bernoulli(flip_key), cropped[:, ::-1], cropped)
 
 
-def _device_batch(images: jax.Array, labels: jax.Array, key: jax.Array,
+def _device_batch(replicated: tuple[jax.Array, jax.Array, jax.Array],
                   rows: dict[str, jax.Array], *, augment: bool) -> dict[str, jax.Array]:
-  """Per device: its shard of the batch, from the replicated split and its rows' indices."""
+  """Per device: its shard of the batch, from the replicated (images, labels, augmentation
+  key) and its rows' indices."""
+  images, labels, key = replicated
   batch_images = images[rows["index"]].astype(jnp.float32) / 255.0
   if augment:
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key, rows["position"])
@@ -54,9 +56,13 @@ def _device_batch(images: jax.Array, labels: jax.Array, key: jax.Array,
   return {"image": batch_images, "label": labels[rows["index"]]}
 
 
-class TrainStream:
-  """Training batches by step: `indices(step)` on the host, `batch(step)` on the devices, and
-  `bind(step_fn)`, the train step with the batch gathered inside it."""
+class InMemoryTrainData:
+  """Training batches by step from a split held on every device.
+
+  `indices(step)` is the host's part; the batch itself is gathered (and augmented) on the
+  devices by `device_batch`, which the loop compiles into the train step: `step_inputs(step)`
+  are its arguments, the replicated split and this step's sharded rows.
+  """
 
   def __init__(self, split: Split, *, global_batch_size: int, seed: int, mesh: Mesh,
                augment: bool):
@@ -68,13 +74,13 @@ class TrainStream:
     self._num_examples = len(split)
     self._seed = seed
     self._mesh = mesh
-    self._images = parallel.replicate(split.images, mesh)
-    self._labels = parallel.replicate(split.labels, mesh)
-    self._key = parallel.replicate(
-        jax.random.fold_in(jax.random.PRNGKey(seed), AUGMENTATION_SALT), mesh)
+    self._replicated = parallel.replicate(
+        (split.images, split.labels,
+         jax.random.fold_in(jax.random.PRNGKey(seed), AUGMENTATION_SALT)), mesh)
     self._epoch_order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
-    self._make_batch = functools.partial(_device_batch, augment=augment)
-    self._gather = parallel.distribute_per_example(self._make_batch, mesh, num_replicated=3)
+    self.device_batch = functools.partial(_device_batch, augment=augment)
+    self._gather = parallel.distribute_per_example(
+        lambda replicated, rows: self.device_batch(replicated, rows), mesh, num_replicated=1)
 
   def _permutation(self, epoch: int) -> np.ndarray:
     """Epoch `epoch`'s order of the examples, drawn once per epoch."""
@@ -89,31 +95,19 @@ class TrainStream:
     start = position * self.global_batch_size
     return self._permutation(epoch)[start:start + self.global_batch_size]
 
-  def _rows(self, step: int) -> dict[str, jax.Array]:
-    """This step's example indices and global positions, split along the data axis."""
+  def step_inputs(self, step: int) -> tuple[Any, dict[str, jax.Array]]:
+    """(replicated, sharded) arguments of `device_batch` for `step`: the split on every device,
+    and this step's example indices and global positions split along the data axis."""
     per_process = self.global_batch_size // jax.process_count()
     rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     positions = step * self.global_batch_size + np.arange(self.global_batch_size)
     local = {"index": self.indices(step)[rows].astype(np.int32),
              "position": positions[rows].astype(np.int32)}
-    return parallel.shard_host_batch(local, self._mesh)
+    return self._replicated, parallel.shard_host_batch(local, self._mesh)
 
   def batch(self, step: int) -> dict[str, jax.Array]:
     """The global batch of `step`, split along the mesh's data axis (for inspection and tests)."""
-    return self._gather(self._images, self._labels, self._key, self._rows(step))
-
-  def bind(self, step_fn: Callable) -> Callable:
-    """`(state, step, rng) -> (state, metrics)`: `step_fn(state, batch, rng)` per device, with
-    this step's batch gathered and augmented in the same compiled program."""
-
-    def per_device(state, images, labels, key, rows, rng):
-      return step_fn(state, self._make_batch(images, labels, key, rows), rng)
-
-    replicated = parallel.REPLICATED
-    compiled = parallel.distribute_step(
-        per_device, self._mesh, (replicated,) * 4 + (parallel.SHARDED, replicated))
-    return lambda state, step, rng: compiled(state, self._images, self._labels, self._key,
-                                             self._rows(step), rng)
+    return self._gather(*self.step_inputs(step))
 
 
 def eval_batches(split: Split, *, per_process_batch_size: int, indices: Sequence[int] | None = None,

@@ -9,7 +9,7 @@ tf.data (`tfds_pipeline`); only the latter needs TensorFlow.
 
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import ml_collections
@@ -18,23 +18,27 @@ from jax.sharding import Mesh
 
 from act_jax import parallel
 from act_jax.data import datasets, in_memory
-
-HostBatch = dict[str, np.ndarray]
+from act_jax.data.catalog import HostBatch, Split
 
 
 class TrainData(Protocol):
   """The global batch of each step, a pure function of the step.
 
-  `bind(step_fn)` turns a per-device `step_fn(state, batch, rng)` into the compiled
-  `(state, step, rng) -> (state, metrics)` that feeds it that step's batch.
+  `device_batch(replicated, sharded)` builds each device's shard of the batch inside the
+  compiled train step, from `step_inputs(step) = (replicated, sharded)`: what every device
+  holds, and what is split along the data axis. `parallel.distribute_train_step` composes the
+  two with a method's step.
   """
   steps_per_epoch: int
 
-  def bind(self, step_fn: Callable) -> Callable: ...
+  def step_inputs(self, step: int) -> tuple[Any, Any]: ...
+
+  def device_batch(self, replicated: Any, sharded: Any) -> dict[str, jax.Array]: ...
 
 
-class _StreamingTrain:
-  """ImageNet batches from tf.data, restarted at the asked step when the loop jumps."""
+class StreamedTrainData:
+  """ImageNet batches from tf.data, restarted at the asked step when the loop jumps; each
+  process reads and sends its own rows, so the device batch is the sharded input itself."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
     from act_jax.data import tfds_pipeline
@@ -45,11 +49,12 @@ class _StreamingTrain:
     self._iterator: Iterator[HostBatch] | None = None
     self._next_step = -1
 
-  def bind(self, step_fn: Callable) -> Callable:
-    compiled = parallel.distribute_train_step(step_fn, self._mesh)
-    return lambda state, step, rng: compiled(state, self._batch(step), rng)
+  @staticmethod
+  def device_batch(replicated: Any, sharded: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    del replicated
+    return sharded
 
-  def _batch(self, step: int) -> dict[str, jax.Array]:
+  def step_inputs(self, step: int) -> tuple[Any, dict[str, jax.Array]]:
     if step != self._next_step:
       from act_jax.data import tfds_pipeline
       self._iterator = tfds_pipeline.imagenet_train_batches(
@@ -58,7 +63,7 @@ class _StreamingTrain:
           image_size=self._config.dataset.image_size, process_index=jax.process_index(),
           process_count=jax.process_count())
     self._next_step = step + 1
-    return parallel.shard_host_batch(next(self._iterator), self._mesh)
+    return (), parallel.shard_host_batch(next(self._iterator), self._mesh)
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -74,10 +79,10 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
 def train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
   """The run's training input: from memory for the small datasets, else from tf.data."""
   if config.dataset.name not in datasets.IN_MEMORY_DATASETS:
-    return _StreamingTrain(config, mesh)
-  return in_memory.TrainStream(datasets.in_memory_split(config.dataset, "train"),
-                               global_batch_size=config.train.batch_size, seed=config.seed,
-                               mesh=mesh, augment=config.dataset.name != "fashion_mnist")
+    return StreamedTrainData(config, mesh)
+  return in_memory.InMemoryTrainData(datasets.in_memory_split(config.dataset, "train"),
+                                     global_batch_size=config.train.batch_size, seed=config.seed,
+                                     mesh=mesh, augment=config.dataset.name != "fashion_mnist")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +125,7 @@ def eval_data(config: ml_collections.ConfigDict, *, split: str = "test",
                              per_process_batch_size=per_process, num_examples=num_examples)
 
 
-def in_memory_eval_data(split: datasets.Split, *, per_process_batch_size: int,
+def in_memory_eval_data(split: Split, *, per_process_batch_size: int,
                         num_examples: int | None = None) -> EvalData:
   """Evaluation data over the first `num_examples` of arrays in memory: any dataset's split,
   or images and labels of one's own (uint8 in [0, 255] or float in [0, 1])."""

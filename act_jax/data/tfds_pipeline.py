@@ -22,13 +22,12 @@ from absl import logging as absl_logging
 from etils import epath
 
 from act_jax import stderr
-from act_jax.data import datasets
+from act_jax.data import catalog
 from act_jax.errors import UserError
 
 DEFAULT_IMAGENET_SIZE = 224
 IMAGENET_SHUFFLE_BUFFER = 16_384  # examples (encoded JPEGs, ~2 GB) mixed across file order
 _LAST_EPOCH = 2**62  # "forever": the train stream is an endless sequence of epochs
-HostBatch = dict[str, np.ndarray]
 
 
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -85,7 +84,7 @@ def prepared_builder(name: str, data_dir: str | None) -> Any:
     prepared = builder.is_prepared()
   if not prepared:
     raise DatasetNotPreparedError(
-        f"{name} is not prepared in dataset.data_dir={datasets.data_dir_root(data_dir)}: "
+        f"{name} is not prepared in dataset.data_dir={catalog.data_dir_root(data_dir)}: "
         f"prepare it once with `{prepare_command(name, data_dir)}` (see {PREPARE_DOCS}), or point "
         "--config.dataset.data_dir at a prepared copy")
   return builder
@@ -102,7 +101,7 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> N
     builder = tfds.builder(name, data_dir=data_dir)
     prepared = builder.is_prepared()
   if name == "imagenet2012" and not prepared:
-    manual = epath.Path(manual_dir or os.path.join(datasets.data_dir_root(data_dir), "downloads",
+    manual = epath.Path(manual_dir or os.path.join(catalog.data_dir_root(data_dir), "downloads",
                                                    "manual"))
     missing = [f for f in IMAGENET_MANUAL_FILES if not (manual / f).exists()]
     if missing:
@@ -111,7 +110,7 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> N
           f"image-net.org (TFDS cannot) and pass --manual_dir (see {PREPARE_DOCS})")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))
-  if name in datasets.IN_MEMORY_DATASETS:
+  if name in catalog.IN_MEMORY_DATASETS:
     for split in ("train", "test"):
       cifar_arrays(name, split, data_dir)
 
@@ -128,10 +127,10 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
   """A whole CIFAR split as uint8 images and int32 labels, in its stored order.
 
   Read through TFDS the first time and cached as a `.npz` beside the TFDS data
-  (`datasets.npz_cache_path`), so that later runs, on this machine or on one the cache is
+  (`catalog.npz_cache_path`), so that later runs, on this machine or on one the cache is
   copied to, need no TensorFlow.
   """
-  cache = datasets.npz_cache_path(data_dir, name, split)
+  cache = catalog.npz_cache_path(data_dir, name, split)
   if os.path.exists(cache):
     with np.load(cache) as arrays:
       return arrays["image"], arrays["label"]
@@ -148,11 +147,11 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
   return images, labels
 
 
-def imagenet_info(data_dir: str | None, image_size: int | None) -> datasets.DatasetInfo:
+def imagenet_info(data_dir: str | None, image_size: int | None) -> catalog.DatasetInfo:
   """ImageNet's classes and split sizes, preparing the TFDS dataset if needed."""
   builder = prepared_builder("imagenet2012", data_dir)
   size = image_size or DEFAULT_IMAGENET_SIZE
-  return datasets.DatasetInfo(
+  return catalog.DatasetInfo(
       name="imagenet2012", num_classes=builder.info.features["label"].num_classes,
       image_shape=(size, size, 3), num_train=_num_examples(builder, "train"),
       num_test=_num_examples(builder, "validation"))
@@ -201,7 +200,7 @@ def _deterministic(dataset: Any) -> Any:
 def imagenet_train_batches(*, per_process_batch_size: int, seed: int, start_step: int = 0,
                            data_dir: str | None = None, image_size: int | None = None,
                            process_index: int = 0, process_count: int = 1
-                           ) -> Iterator[HostBatch]:
+                           ) -> Iterator[catalog.HostBatch]:
   """Endless {"image": float32 [b, H, W, 3] in [0, 1], "label": int32 [b]} batches.
 
   Epochs of encoded JPEGs through a shuffle buffer, decoded after the resume skip. TFDS stores
@@ -246,7 +245,7 @@ def imagenet_train_batches(*, per_process_batch_size: int, seed: int, start_step
 def imagenet_eval_batches(*, per_process_batch_size: int, num_examples: int | None = None,
                           data_dir: str | None = None, image_size: int | None = None,
                           process_index: int = 0, process_count: int = 1
-                          ) -> Iterator[HostBatch]:
+                          ) -> Iterator[catalog.HostBatch]:
   """One pass over the first `num_examples` (default: all) of ImageNet's labelled validation
   split, this process's part, with a float32 "mask" and an int32 "index".
 

@@ -163,8 +163,7 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   eps = config.eval.eps if request.eps is None else request.eps
   travel = request.pgd_travel
   if travel is None:
-    travel = (config.eval.step_size * config.eval.num_steps / config.eval.eps
-              if config.eval.eps > 0 else 2.5)
+    travel = attack_specs.training_pgd_travel(config.eval)
   settings = attack_specs.AttackSettings(eps=eps, eps_l2=request.eps_l2, pgd_travel=travel,
                                          restarts=request.restarts,
                                          apgd_steps=request.apgd_steps,

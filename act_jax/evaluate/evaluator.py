@@ -216,6 +216,6 @@ def training_settings(eval_config: Any, *, unroll: bool) -> attack_specs.AttackS
 
   The travel makes the suite's "pgd<K>" take steps of exactly `eval.step_size`.
   """
-  travel = (eval_config.step_size * eval_config.num_steps / eval_config.eps
-            if eval_config.eps > 0 else 2.5)
-  return attack_specs.AttackSettings(eps=eval_config.eps, pgd_travel=travel, unroll=unroll)
+  return attack_specs.AttackSettings(eps=eval_config.eps,
+                                     pgd_travel=attack_specs.training_pgd_travel(eval_config),
+                                     unroll=unroll)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import ml_collections
+
 from act_jax.methods import act, natural, pgd_at, trades
 from act_jax.methods.common import AttackBudget
 from act_jax.train_state import ModelState
@@ -23,10 +25,9 @@ class Method:
 
   - `create_state(model, tx, rng, image_shape)`: the initial state;
   - `train_step(state, batch, rng, *, hp, learning_rate_fn) -> (state, metrics)`: per device;
-  - `hyperparams(config, unroll_attack=...)`: the step's static settings from a config
-    (`unroll_attack` only changes how attack loops compile, see `parallel.unrolls_attack_loops`);
+  - `hyperparams(config, budget)`: the step's static settings from a config and, for a method
+    that trains against an attack (`adversarial`), the attack's budget;
   - `models(state)`: model name -> `ModelState`, in `model_names` order;
-  - `config_fields`: the config fields only this method reads (validated for it alone);
   - `forward_passes(K)`: a step's work per example, in forward-pass equivalents, with a K-step
     training attack (for progress estimates and FLOP counts).
   """
@@ -34,9 +35,9 @@ class Method:
   model_names: tuple[str, ...]
   create_state: Callable[..., Any]
   train_step: Callable[..., Any]
+  adversarial: bool
   hyperparams: Callable[..., Any]
   models: Callable[[Any], dict[str, ModelState]]
-  config_fields: tuple[str, ...]
   forward_passes: Callable[[int], int]
 
   @property
@@ -45,18 +46,27 @@ class Method:
     return "robust" if "robust" in self.model_names else self.model_names[0]
 
 
-def _method(name: str, module: ModuleType, hyperparams: Any) -> Method:
+  def build_hyperparams(self, config: ml_collections.ConfigDict, *,
+                        unroll_attack: bool) -> Any:
+    """The step's hyperparameters; `unroll_attack` (how attack loops compile, see
+    `parallel.unrolls_attack_loops`) goes into the attack's budget, where there is one."""
+    if not self.adversarial:
+      return self.hyperparams(config)
+    return self.hyperparams(config, AttackBudget.from_config(config, unroll=unroll_attack))
+
+
+def _method(name: str, module: ModuleType, hyperparams: Any, *, adversarial: bool) -> Method:
   return Method(name=name, model_names=module.MODEL_NAMES, create_state=module.create_state,
-                train_step=module.train_step, hyperparams=hyperparams.from_config,
-                models=module.models, config_fields=module.CONFIG_FIELDS,
+                train_step=module.train_step, adversarial=adversarial,
+                hyperparams=hyperparams.from_config, models=module.models,
                 forward_passes=module.forward_passes)
 
 
 METHODS = {
-    "natural": _method("natural", natural, natural.NaturalHyperparams),
-    "pgd_at": _method("pgd_at", pgd_at, AttackBudget),
-    "trades": _method("trades", trades, trades.TradesHyperparams),
-    "act": _method("act", act, act.ACTHyperparams),
+    "natural": _method("natural", natural, natural.NaturalHyperparams, adversarial=False),
+    "pgd_at": _method("pgd_at", pgd_at, pgd_at.PGDATHyperparams, adversarial=True),
+    "trades": _method("trades", trades, trades.TradesHyperparams, adversarial=True),
+    "act": _method("act", act, act.ACTHyperparams, adversarial=True),
 }
 METHOD_NAMES = tuple(METHODS)
 

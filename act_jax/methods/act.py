@@ -32,10 +32,6 @@ def forward_passes(num_attack_steps: int) -> int:
   return 6 + 2 * num_attack_steps
 
 
-CONFIG_FIELDS = ("act.natural_alpha", "act.robust_alpha", "act.temperature",
-                 "attack.loss_reduction")
-
-
 @dataclasses.dataclass(frozen=True)
 class ACTHyperparams:
   """The scalars a step needs, frozen so that they can be static under jit.
@@ -50,12 +46,11 @@ class ACTHyperparams:
   attack: AttackBudget
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *,
-                  unroll_attack: bool = False) -> "ACTHyperparams":
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  attack: AttackBudget) -> "ACTHyperparams":
     return cls(natural_alpha=config.act.natural_alpha, robust_alpha=config.act.robust_alpha,
                temperature=config.act.temperature,
-               attack_loss_reduction=config.attack.loss_reduction,
-               attack=AttackBudget.from_config(config, unroll_attack=unroll_attack))
+               attack_loss_reduction=config.attack.loss_reduction, attack=attack)
 
 
 def train_step(state: ACTState, batch: Batch, rng: jax.Array, *, hp: ACTHyperparams,

@@ -37,10 +37,9 @@ class AttackBudget:
   unroll: bool = False
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *,
-                  unroll_attack: bool = False) -> "AttackBudget":
+  def from_config(cls, config: ml_collections.ConfigDict, *, unroll: bool) -> "AttackBudget":
     return cls(eps=config.attack.eps, step_size=config.attack.step_size,
-               num_steps=config.attack.num_steps, unroll=unroll_attack)
+               num_steps=config.attack.num_steps, unroll=unroll)
 
 
 def global_batch_size(images: jax.Array) -> int:
@@ -80,14 +79,10 @@ def synced_update(model_state: ModelState, grads: Any, batch_stats: Any, metrics
           {**metrics, "grads_finite": finite})
 
 
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-
 def cross_entropy_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, Metrics]:
   """CE(logits, y) as a loss, with the metrics every CE-trained model logs."""
   ce = losses.cross_entropy(logits, labels)
-  return ce, {"loss": ce, "ce": ce, "accuracy": accuracy(logits, labels)}
+  return ce, {"loss": ce, "ce": ce, "accuracy": losses.accuracy(logits, labels)}
 
 
 def step_metrics(state_step: jax.Array, learning_rate_fn: optax.Schedule,

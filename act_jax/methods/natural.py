@@ -18,17 +18,13 @@ def forward_passes(num_attack_steps: int) -> int:
   return 3
 
 
-CONFIG_FIELDS = ()
-
-
 @dataclasses.dataclass(frozen=True)
 class NaturalHyperparams:
   """Natural training has no knobs of its own; the optimiser and schedule are shared."""
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *,
-                  unroll_attack: bool = False) -> "NaturalHyperparams":
-    del config, unroll_attack
+  def from_config(cls, config: ml_collections.ConfigDict) -> "NaturalHyperparams":
+    del config
     return cls()
 
 

@@ -7,7 +7,10 @@ own code predates that distinction and attacked the model as it trained. The los
 CE(f(x'), y) with f in train mode.
 """
 
+import dataclasses
+
 import jax
+import ml_collections
 import optax
 
 from act_jax import attacks
@@ -29,7 +32,16 @@ def forward_passes(num_attack_steps: int) -> int:
   return 3 + 2 * num_attack_steps
 
 
-CONFIG_FIELDS = ()
+@dataclasses.dataclass(frozen=True)
+class PGDATHyperparams:
+  """PGD-AT's only hyperparameters are its attack's budget."""
+  attack: AttackBudget
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  attack: AttackBudget) -> "PGDATHyperparams":
+    del config
+    return cls(attack=attack)
 
 
 def adversarial_examples(state: ModelState, images: jax.Array, labels: jax.Array,
@@ -40,15 +52,12 @@ def adversarial_examples(state: ModelState, images: jax.Array, labels: jax.Array
                      init="uniform", unroll=budget.unroll)
 
 
-def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: AttackBudget,
+def train_step(state: ModelState, batch: Batch, rng: jax.Array, *, hp: PGDATHyperparams,
                learning_rate_fn: optax.Schedule) -> tuple[ModelState, Metrics]:
-  """One SGD step on CE(f(x'), y), x' crafted against the current model.
-
-  PGD-AT's only hyperparameters are its attack's budget, so `hp` is that budget.
-  """
+  """One SGD step on CE(f(x'), y), x' crafted against the current model."""
   images, labels = batch["image"], batch["label"]
   adversarial = adversarial_examples(state, images, labels,
-                                     example_rngs(rng, state.step, images.shape[0]), hp)
+                                     example_rngs(rng, state.step, images.shape[0]), hp.attack)
   return one_model_step(state, cross_entropy_loss_fn(state, adversarial, labels),
                         learning_rate_fn, "robust")
 

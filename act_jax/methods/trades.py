@@ -39,9 +39,6 @@ def forward_passes(num_attack_steps: int) -> int:
   return 8 + 2 * num_attack_steps
 
 
-CONFIG_FIELDS = ("trades.beta",)
-
-
 @dataclasses.dataclass(frozen=True)
 class TradesHyperparams:
   """beta weighs the robustness (KL) term; `attack` is the training attack's budget."""
@@ -49,10 +46,9 @@ class TradesHyperparams:
   attack: AttackBudget
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *,
-                  unroll_attack: bool = False) -> "TradesHyperparams":
-    return cls(beta=config.trades.beta,
-               attack=AttackBudget.from_config(config, unroll_attack=unroll_attack))
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  attack: AttackBudget) -> "TradesHyperparams":
+    return cls(beta=config.trades.beta, attack=attack)
 
 
 def adversarial_examples(state: ModelState, images: jax.Array, keys: jax.Array,

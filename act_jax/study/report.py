@@ -219,11 +219,11 @@ def _same_recipe(study_config: Mapping[str, Any], config: Mapping[str, Any]) -> 
 def comparison_lines(study_path: str, config: ml_collections.ConfigDict) -> list[str]:
   """Lines naming what this run's numbers compare against: the study of the same recipe.
 
-  Empty when no study file is there or its recipe differs from `config` (beyond method and
-  seed); then the numbers would not be comparable.
+  A line saying so when the study file is missing or its recipe differs from `config` (beyond
+  what a study varies); then the numbers would not be comparable.
   """
-  if not study_path or not os.path.exists(study_path):
-    return []
+  if not os.path.exists(study_path):
+    return [f"(No study at {study_path} to compare with.)"]
   with open(study_path) as f:
     study = json.load(f)
   if not _same_recipe(study["meta"]["config"], json.loads(config.to_json_best_effort())):

@@ -16,7 +16,6 @@ rewritten after every finished run, marked partial until the whole grid is done.
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -127,10 +126,6 @@ def run_config(base: ml_collections.ConfigDict, key: RunKey, *, steps_per_epoch:
   return config
 
 
-def _read_json(path: epath.Path) -> dict[str, Any] | None:
-  return json.loads(path.read_text()) if path.exists() else None
-
-
 def autoattack_evaluation(run_dir: str, num_examples: int, apgd_steps: int) -> dict[str, Any]:
   """Clean, PGD-20 and AutoAttack (APGD-CE + APGD-T, cascaded) on the first test examples."""
   mesh = parallel.make_mesh()
@@ -204,7 +199,9 @@ def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
 
 def _finished(run_dir: epath.Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
   """(results.json, study_run.json) of a run; finished when both hold their final parts."""
-  return _read_json(run_dir / "results.json"), _read_json(run_dir / RUN_RECORD) or {}
+  results, record = run_dir / "results.json", run_dir / RUN_RECORD
+  return (reporting.read_json(results) if results.exists() else None,
+          reporting.read_json(record) if record.exists() else {})
 
 
 def _is_done(results: dict[str, Any] | None, record: dict[str, Any]) -> bool:

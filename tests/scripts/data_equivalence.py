@@ -11,17 +11,17 @@ import jax
 import numpy as np
 
 from act_jax import parallel
-from act_jax.data import datasets, in_memory
+from act_jax.data import catalog, in_memory
 
 
 def main():
   data = np.random.default_rng(0)
-  split = datasets.Split(data.integers(0, 256, (100, 8, 8, 3)).astype(np.uint8),
+  split = catalog.Split(data.integers(0, 256, (100, 8, 8, 3)).astype(np.uint8),
                          data.integers(0, 10, 100).astype(np.int32))
   batches = {}
   for devices in (jax.devices(), jax.devices()[:1]):
-    stream = in_memory.TrainStream(split, global_batch_size=16, seed=5,
-                                   mesh=parallel.make_mesh(devices), augment=True)
+    stream = in_memory.InMemoryTrainData(split, global_batch_size=16, seed=5,
+                                         mesh=parallel.make_mesh(devices), augment=True)
     batches[len(devices)] = [jax.device_get(stream.batch(step)) for step in (0, 3, 7, 13)]
   many, one = batches[len(jax.devices())], batches[1]
   json.dump({"num_devices": len(jax.devices()),

@@ -13,7 +13,7 @@ import numpy as np
 
 from act_jax import parallel
 from act_jax.attacks import specs
-from act_jax.data import datasets, pipeline
+from act_jax.data import catalog, pipeline
 from act_jax.evaluate.evaluator import Evaluator
 
 NAMES = ("clean", "fgsm", "pgd5", "pgd5-l2", "apgd-ce", "apgd-t", "autoattack", "transfer")
@@ -30,7 +30,7 @@ def main():
                    "w2": jnp.asarray(data.normal(size=(8, 5)), jnp.float32)}
             for name in ("natural", "robust")}
   # 29 examples in batches of 16: the last batch is padded, as evaluation batches are.
-  split = datasets.Split(data.uniform(size=(29, 4, 4, 1)).astype(np.float32),
+  split = catalog.Split(data.uniform(size=(29, 4, 4, 1)).astype(np.float32),
                          data.integers(0, 5, 29).astype(np.int32))
   settings = specs.AttackSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5, apgd_steps=10)
   results = {}

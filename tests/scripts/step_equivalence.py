@@ -41,7 +41,8 @@ def run(devices, state, batch, rng, bn_axis_name="data"):
 
 def main():
   model = models.build_model("small_cnn", num_classes=10, base_width=4)
-  tx = optimizers.sgd_with_coupled_weight_decay(OPTIM, 10)
+  tx = optimizers.sgd_with_coupled_weight_decay(
+      OPTIM, optimizers.learning_rate_schedule(OPTIM, 10))
   state = jax.device_get(create_act_state(model, tx, jax.random.PRNGKey(0), (12, 12, 1)))
   data = np.random.default_rng(0)
   batch = {"image": data.uniform(size=(GLOBAL_BATCH, 12, 12, 1)).astype(np.float32),

@@ -1,22 +1,21 @@
-"""Fields shared by every ACT config; each `configs/<name>.py` fills in its recipe.
+"""What every recipe shares; each `configs/<recipe>.py` states only what differs.
 
-Every field is overridable from the command line, e.g. `--config.train.epochs=3`.
+Fields a recipe must set are placeholders (None): a recipe that forgets one fails config
+validation, naming the field. Every field is overridable from the command line, e.g.
+`--config.train.epochs=3`.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 
-def base_config() -> ml_collections.ConfigDict:
+def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "act"  # natural, pgd_at, trades or act (act_jax.methods)
   config.seed = 0
-  # A study of this recipe (python -m act_jax.study) whose numbers the final table is shown
-  # beside; empty for none.
-  config.reference_study = ""
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "fashion_mnist"
+  config.dataset.name = config_dict.placeholder(str)  # fashion_mnist, cifar10, cifar100, ...
   config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; may be gs://...
   config.dataset.image_size = config_dict.placeholder(int)  # imagenet2012 only (default 224)
   config.dataset.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
@@ -25,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.validation_examples = 0
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "small_cnn"
+  config.model.name = config_dict.placeholder(str)  # act_jax.models.MODEL_NAMES
   config.model.dtype = "float32"  # or "bfloat16": compute dtype; params stay float32
   config.model.sync_batch_norm = True  # False: per-device BN statistics, as the release under DDP
   config.model.base_width = config_dict.placeholder(int)  # None: the architecture's default
@@ -42,25 +41,25 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The training attack of every adversarial method (ACT spec, step 2, for ACT).
   config.attack = ml_collections.ConfigDict()
-  config.attack.eps = 0.031
-  config.attack.step_size = 0.007
-  config.attack.num_steps = 10
+  config.attack.eps = config_dict.placeholder(float)
+  config.attack.step_size = config_dict.placeholder(float)
+  config.attack.num_steps = config_dict.placeholder(int)
   config.attack.loss_reduction = "reference"  # ACT only; or "mean", see attacks/objectives.py
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.learning_rate = 0.1
+  config.optim.learning_rate = config_dict.placeholder(float)
   # Set: the lr above is for this global batch and scales linearly with train.batch_size.
   config.optim.base_batch_size = config_dict.placeholder(int)
   config.optim.warmup_epochs = 0.0  # linear warmup to the peak lr (large-batch runs)
   config.optim.momentum = 0.9
-  config.optim.weight_decay = 5e-4
+  config.optim.weight_decay = 5e-4  # the release's, on every parameter
   config.optim.schedule = "piecewise"  # or "cosine" (to 0 at the last step)
-  config.optim.lr_decay_epochs = (60, 120, 160)  # piecewise only
-  config.optim.lr_decay_factor = 0.2
+  config.optim.lr_decay_epochs = config_dict.placeholder(tuple)  # piecewise only
+  config.optim.lr_decay_factor = config_dict.placeholder(float)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # global, over all devices and hosts
-  config.train.epochs = 200
+  config.train.epochs = config_dict.placeholder(int)
   config.train.max_steps = config_dict.placeholder(int)  # set: stop after this many steps instead
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 1000
@@ -69,8 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # White-box evaluation (ACT spec, "Evaluation"): PGD-20, uniform start, CE.
   config.eval = ml_collections.ConfigDict()
-  config.eval.eps = 0.031
-  config.eval.step_size = 0.003
+  config.eval.eps = config_dict.placeholder(float)
+  config.eval.step_size = config_dict.placeholder(float)
   config.eval.num_steps = 20
   config.eval.batch_size = 256
   config.eval.num_examples = config_dict.placeholder(int)  # None: the whole split

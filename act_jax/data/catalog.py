@@ -1,0 +1,57 @@
+"""What the data layer knows without reading anything: the datasets, their shapes and where
+their files go. Every other data module builds on this one; it imports none of them.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+EVAL_SPLITS = ("test", "validation")
+NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+
+# One process's rows of a batch on the host: "image", "label" and, for evaluation, "mask" and
+# "index" (NumPy arrays).
+HostBatch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the schedule need to know about a dataset.
+
+  `image_shape` is the shape of the images the pipeline yields (after any crop); `num_train`
+  counts the examples training draws from (the validation hold-out excluded) and `num_test`
+  the split that evaluation reads by default (ImageNet's labelled "validation").
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train: int
+  num_test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A whole split in memory: images [n, H, W, C] (uint8, as datasets store them, or float in
+  [0, 1]) and int32 labels [n]."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, rows: slice) -> "Split":
+    return Split(self.images[rows], self.labels[rows])
+
+
+def data_dir_root(data_dir: str | None) -> str:
+  """The TFDS data directory that `data_dir` (None: TFDS's default) stands for."""
+  return data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
+def npz_cache_path(data_dir: str | None, name: str, split: str) -> str:
+  """Where a TFDS-read small split is cached as uint8 arrays, beside the TFDS data."""
+  return os.path.join(data_dir_root(data_dir), "act_jax_arrays", f"{name}_{split}.npz")
