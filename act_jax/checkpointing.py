@@ -30,6 +30,22 @@ class _ReadOnlyNotices(logging.Filter):
     return "read only" not in message and "read_only=True" not in message
 
 
+class _Manager(ocp.CheckpointManager):
+  """orbax's manager, kept away from JAX's preemption sync point, which the loop alone asks.
+
+  JAX agrees on the step at which every process stops by taking the last step each process
+  reported and choosing the one after the largest, so it needs one caller reporting steps in
+  increasing order. orbax's manager also reports from its saves, some from a background thread
+  when an asynchronous save completes, with the checkpoint's (earlier) step; the agreed step
+  could then be one every process had passed, and a preempted run would never stop. orbax only
+  logs with the answer here: checkpoints are saved every time they are asked for.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 def checkpoint_manager(workdir: str, max_to_keep: int | None,
                        read_only: bool = False) -> ocp.CheckpointManager:
   """A manager under `workdir/checkpoints` that keeps the `max_to_keep` newest checkpoints.
@@ -46,7 +62,7 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None,
   notices = _ReadOnlyNotices()
   absl_logging.get_absl_logger().addFilter(notices)
   try:
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "position"))
+    return _Manager(directory, options=options, item_names=("state", "position"))
   finally:
     absl_logging.get_absl_logger().removeFilter(notices)
 

@@ -39,15 +39,13 @@ class Preemption:
 
   In a single process, SIGTERM (what schedulers and TPU maintenance send before killing a job)
   or a first Ctrl-C (SIGINT) raises a flag; a second Ctrl-C interrupts at once. With several
-  processes, JAX's preemption service catches the signal and `reached_preemption` makes them
-  agree on the step at which to stop; a flag raised in one process would leave the others
-  waiting.
+  processes, JAX's preemption service catches the signal and its sync point makes them agree on
+  the step at which to stop; a flag raised in one process would leave the others waiting.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self, manager: ocp.CheckpointManager):
-    self._manager = manager
+  def __init__(self):
     self.raised = False
     self._previous = ({number: signal.signal(number, self._handle) for number in self.SIGNALS}
                       if jax.process_count() == 1 else {})
@@ -59,7 +57,8 @@ class Preemption:
       signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def requested(self, step: int) -> bool:
-    return self.raised or self._manager.reached_preemption(step)
+    # Called once per step, in order, by nothing else (see `checkpointing._Manager`).
+    return self.raised or multihost_utils.reached_preemption_sync_point(step)
 
   def restore(self) -> None:
     for number, handler in self._previous.items():
@@ -303,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                         mesh)
   evaluate = Evaluation(exp, eval_rng)
   guard, checkpoint = FiniteGuard(log, manager), DelayedCheckpoint(manager, rng, log, state)
-  preemption = Preemption(manager)
+  preemption = Preemption()
   try:
     while step < exp.total_steps:
       state, metrics = train_step(state, *data.step_inputs(step), rng)

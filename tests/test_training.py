@@ -41,6 +41,39 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_pat
     np.testing.assert_array_equal(logits, final_logits(interrupted_dir, images)[which])
 
 
+def test_every_moment_a_multi_process_preemption_can_be_agreed_on_stops_the_run(
+    tiny_config, tmp_path, monkeypatch):
+  """JAX's preemption sync, as it agrees across processes: when the notice comes, it takes the
+  last step each process reported (by any caller) and stops at the next one, which only the
+  loop's own query can act on. Recorded over a run with checkpoints every 3 steps, at every
+  moment the notice could arrive, a later query of the loop must report exactly that next step.
+  orbax's manager would also report its checkpoints' (earlier) steps, some from a background
+  thread, and a preempted run could then never stop."""
+  from jax.experimental import multihost_utils
+  reported, in_loop = [], [False]
+
+  def sync_point(step):
+    reported.append((step, in_loop[0]))
+    return False
+
+  original = train.Preemption.requested
+
+  def requested(self, step):
+    in_loop[0] = True
+    try:
+      return original(self, step)
+    finally:
+      in_loop[0] = False
+
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", sync_point)
+  monkeypatch.setattr(train.Preemption, "requested", requested)
+  train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  assert [step for step, by_loop in reported if by_loop] == list(range(1, 9))
+  missed = [k for k, (step, _) in enumerate(reported)
+            if step < 8 and (step + 1, True) not in reported[k + 1:]]
+  assert missed == [], f"a notice after these reports would never stop the run: {reported}"
+
+
 def test_results_json_and_load_model(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
   results = train.train_and_evaluate(tiny_config, workdir)
