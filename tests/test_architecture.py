@@ -28,13 +28,16 @@ LAYERS = (
     ("methods", ("act_jax.methods", "act_jax.methods.")),
     ("run parts", ("act_jax.experiment", "act_jax.checkpointing", "act_jax.config_validation",
                    "act_jax.evaluate.evaluator", "act_jax.evaluate.report",
-                   "act_jax.evaluate.sanity")),
+                   "act_jax.evaluate.sanity", "act_jax.analysis.objective",
+                   "act_jax.analysis.curvature", "act_jax.analysis.weight_noise",
+                   "act_jax.analysis.representations")),
     ("runs", ("act_jax.train", "act_jax.api", "act_jax")),
     ("tools", ("act_jax.evaluate", "act_jax.evaluate.cli", "act_jax.study",
                "act_jax.study.runner", "act_jax.study.report", "act_jax.pytorch",
-               "act_jax.pytorch.")),
+               "act_jax.pytorch.", "act_jax.analysis", "act_jax.analysis.runner",
+               "act_jax.analysis.report")),
     ("command lines", ("act_jax.main", "act_jax.prepare_data", "act_jax.evaluate.__main__",
-                       "act_jax.study.__main__")),
+                       "act_jax.study.__main__", "act_jax.analysis.__main__")),
 )
 
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from act_jax.models.common import batch_norm, conv
+from act_jax.models.common import REPRESENTATIONS, batch_norm, conv
 
 
 class ResidualBlock(nn.Module):
@@ -17,6 +17,11 @@ class ResidualBlock(nn.Module):
   stride: int
   dtype: jnp.dtype
   bn_axis_name: str | None
+
+  def representation(self, x: jax.Array) -> jax.Array:
+    """Marks the block's output as its representation (see `Classifier.representation`)."""
+    self.sow(REPRESENTATIONS, "output", x)
+    return x
 
 
 class BasicBlock(ResidualBlock):
@@ -27,7 +32,8 @@ class BasicBlock(ResidualBlock):
     bn = functools.partial(batch_norm, train, self.dtype, self.bn_axis_name)
     y = nn.relu(bn()(conv(self.features, 3, self.stride, self.dtype)(x)))
     y = bn()(conv(self.features, 3, 1, self.dtype)(y))
-    return nn.relu(y + shortcut(x, self.features, self.stride, self.dtype, bn))
+    return self.representation(nn.relu(y + shortcut(x, self.features, self.stride, self.dtype,
+                                                     bn)))
 
 
 class Bottleneck(ResidualBlock):
@@ -49,7 +55,8 @@ class Bottleneck(ResidualBlock):
     y = nn.relu(bn()(conv(self.features, 3, self.stride, self.dtype)(y)))
     last_scale = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = bn(scale_init=last_scale)(conv(out_features, 1, 1, self.dtype)(y))
-    return nn.relu(y + shortcut(x, out_features, self.stride, self.dtype, bn))
+    return self.representation(nn.relu(y + shortcut(x, out_features, self.stride, self.dtype,
+                                                     bn)))
 
 
 def shortcut(x: jax.Array, features: int, stride: int, dtype: jnp.dtype,

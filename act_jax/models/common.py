@@ -37,13 +37,7 @@ def batch_norm(train: bool, dtype: jnp.dtype, axis_name: str | None, **kwargs) -
                       param_dtype=jnp.float32, axis_name=axis_name, **kwargs)
 
 
-def classifier_head(x: jax.Array, num_classes: int, dtype: jnp.dtype) -> jax.Array:
-  """Global average pool and a linear layer, with logits cast to float32.
-
-  Float32 logits let the losses use exact softmax arithmetic whatever the compute dtype.
-  """
-  x = jnp.mean(x, axis=(1, 2))
-  return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32)(x).astype(jnp.float32)
+REPRESENTATIONS = "intermediates"  # the collection that `Classifier.representation` sows into
 
 
 class Classifier(nn.Module):
@@ -52,11 +46,27 @@ class Classifier(nn.Module):
   `width` is the architecture's base width (the paper's unless a config sets
   `model.base_width`); `bn_axis_name` is the data-parallel axis that BatchNorm statistics are
   synchronised over, or None for per-device statistics.
+
+  Each model marks its layers' representations with `representation`, for the analysis tools
+  (`act_jax.analysis.representations`): applied with `mutable=["intermediates"]` a model
+  returns them; otherwise sowing does nothing and the computation is unchanged.
   """
   num_classes: int
   width: int = 64
   dtype: jnp.dtype = jnp.float32
   bn_axis_name: str | None = None
+
+  def representation(self, name: str, x: jax.Array) -> jax.Array:
+    """Marks `x` as the representation called `name`; returns it unchanged."""
+    self.sow(REPRESENTATIONS, name, x)
+    return x
+
+  def head(self, x: jax.Array) -> jax.Array:
+    """Global average pool (the penultimate representation) and a linear layer, with logits
+    cast to float32: exact softmax arithmetic in the losses whatever the compute dtype."""
+    x = self.representation("penultimate", jnp.mean(x, axis=(1, 2)))
+    return nn.Dense(self.num_classes, dtype=self.dtype,
+                    param_dtype=jnp.float32)(x).astype(jnp.float32)
 
   def conv_bn_relu(self, x: jax.Array, features: int, kernel: int, stride: int,
                    train: bool) -> jax.Array:

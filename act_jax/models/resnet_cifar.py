@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 
 from act_jax.models.blocks import BasicBlock, residual_stages
-from act_jax.models.common import Classifier, classifier_head
+from act_jax.models.common import Classifier
 
 
 class CifarResNet(Classifier):
@@ -24,4 +24,4 @@ class CifarResNet(Classifier):
     x = self.conv_bn_relu(x.astype(self.dtype), self.width, 3, 1, train)
     x = residual_stages(x, self.block, self.stage_sizes, self.width, train, self.dtype,
                         self.bn_axis_name)
-    return classifier_head(x, self.num_classes, self.dtype)
+    return self.head(x)

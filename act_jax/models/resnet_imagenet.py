@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 
 from act_jax.models.blocks import Bottleneck, residual_stages
-from act_jax.models.common import Classifier, classifier_head
+from act_jax.models.common import Classifier
 
 
 class ImageNetResNet50(Classifier):
@@ -21,4 +21,4 @@ class ImageNetResNet50(Classifier):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = residual_stages(x, Bottleneck, (3, 4, 6, 3), self.width, train, self.dtype,
                         self.bn_axis_name, zero_init_last_bn=True)
-    return classifier_head(x, self.num_classes, self.dtype)
+    return self.head(x)

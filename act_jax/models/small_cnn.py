@@ -31,11 +31,13 @@ class SmallCNN(Classifier):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = x.astype(self.dtype)
-    for features in (self.width, 2 * self.width):
-      for _ in range(2):
-        x = self.conv_bn_relu(x, features, 3, 1, train)
+    for stage, features in enumerate((self.width, 2 * self.width)):
+      for layer in range(2):
+        x = self.representation(f"conv{2 * stage + layer}",
+                                self.conv_bn_relu(x, features, 3, 1, train))
       x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(8 * self.width, dtype=self.dtype, param_dtype=jnp.float32)(x))
+    x = self.representation("penultimate", nn.relu(
+        nn.Dense(8 * self.width, dtype=self.dtype, param_dtype=jnp.float32)(x)))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
     return logits.astype(jnp.float32)

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 
 from act_jax.models.blocks import ResidualBlock
-from act_jax.models.common import Classifier, batch_norm, classifier_head, conv
+from act_jax.models.common import Classifier, batch_norm, conv
 
 
 class PreActBlock(ResidualBlock):
@@ -27,8 +27,8 @@ class PreActBlock(ResidualBlock):
     y = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(y))
     y = conv(self.features, 3, 1, self.dtype)(y)
     if x.shape[-1] == self.features:
-      return x + y
-    return conv(self.features, 1, self.stride, self.dtype)(pre) + y
+      return self.representation(x + y)
+    return self.representation(conv(self.features, 1, self.stride, self.dtype)(pre) + y)
 
 
 class WideResNet(Classifier):
@@ -50,4 +50,4 @@ class WideResNet(Classifier):
         x = PreActBlock(self.width * self.widen_factor * 2**stage, stride, self.dtype,
                         self.bn_axis_name)(x, train)
     x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name)(x))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return self.head(x)
