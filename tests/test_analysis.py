@@ -1,7 +1,8 @@
 """Each measure of `act_jax.analysis` against a case with a known answer.
 
 The references are independent computations: the dense Hessian (`jax.hessian`) and NumPy's
-eigenvalues, closed forms (a quadratic, matrices of known rank), the
+eigenvalues, eager `jax.jvp`, closed forms (a quadratic, a linear softmax model, matrices of
+known rank), the
 feature-space form of CKA in NumPy.
 """
 
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from act_jax import parallel
-from act_jax.analysis import curvature, objective, representations, weight_noise
+from act_jax import models, parallel
+from act_jax.analysis import complexity, curvature, objective, representations, weight_noise
 
 
 def tiny_mlp_loss(seed: int = 0):
@@ -113,6 +114,47 @@ def test_filter_normalised_landscape_is_invariant_to_a_filters_scale():
   along = lambda p: [float(loss(jax.tree.map(lambda w, d, a=a: w + a * d, p, raw)))
                      for a in alphas]
   assert np.max(np.abs(np.asarray(along(scaled)) - np.asarray(along(params)))) > 1e-3
+
+
+def fisher_rao_on_the_mesh(logits_fn, params, images, direction=None):
+  """The per-example values as `act_jax.analysis` computes them: per device, in one `jit`."""
+  mesh = parallel.make_mesh()
+  examples = objective.place(images, np.zeros(len(images), np.int32), mesh)
+  per_example = complexity.fisher_rao_per_example(logits_fn)
+  values = objective.per_example(lambda p, d, x, y, i: per_example(p, d, x), examples, mesh,
+                                 params, jax.tree.map(jnp.copy, params) if direction is None
+                                 else direction)
+  return objective.to_host(values, examples)
+
+
+def test_fisher_rao_norm_of_a_linear_softmax_model_is_its_closed_form():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(24, 7)).astype(np.float32)
+  params = {"w": rng.normal(size=(7, 4)).astype(np.float32),
+            "b": rng.normal(size=4).astype(np.float32)}
+  values = fisher_rao_on_the_mesh(lambda p, images: images @ p["w"] + p["b"], params, x)
+  f = x.astype(np.float64) @ params["w"] + params["b"]
+  p = np.exp(f - f.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  closed_form = np.mean(np.sum(p * f**2, 1) - np.sum(p * f, 1) ** 2)
+  np.testing.assert_allclose(complexity.fisher_rao_norm(values) ** 2, closed_form, rtol=1e-4)
+
+
+def test_fisher_rao_of_the_small_cnn_equals_eager_forward_mode():
+  """Compiled with the parameters as their own tangent, u came out wrong for this model (its
+  max-pool is a reshape and `max`); the measure passes a copy, and must match eager jax.jvp."""
+  model = models.SmallCNN(num_classes=10, width=4)
+  images = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  stats = variables["batch_stats"]
+  logits_fn = lambda p, x: model.apply({"params": p, "batch_stats": stats}, x, train=False)
+  params = variables["params"]
+  logits, along = jax.jvp(lambda p: logits_fn(p, images), (params,), (params,))  # eager
+  probabilities = np.asarray(jax.nn.softmax(logits), np.float64)
+  along = np.asarray(along, np.float64)
+  expected = (np.sum(probabilities * along**2, 1) - np.sum(probabilities * along, 1) ** 2)
+  np.testing.assert_allclose(fisher_rao_on_the_mesh(logits_fn, params, images), expected,
+                             rtol=1e-4, atol=1e-6)
 
 
 def centred_orthonormal(rows: int, rank: int, seed: int) -> np.ndarray:

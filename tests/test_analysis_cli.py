@@ -46,7 +46,7 @@ def act_run(tmp_path_factory, fake_fashion_mnist_dir):
 
 def test_every_measure_is_deterministic_and_independent_of_the_device_count(act_run, tmp_path):
   measures = "--measures=entropy,generalisation,hessian,hessian_trace,weight_noise,landscape," \
-             "pac_bayes,effective_rank,mutual_information,alignment"
+             "pac_bayes,fisher_rao,effective_rank,mutual_information,alignment"
   results = {}
   for name, devices in (("one", 1), ("again", 1), ("eight", 8)):
     output = tmp_path / name
@@ -64,12 +64,30 @@ def test_every_measure_is_deterministic_and_independent_of_the_device_count(act_
   assert sorted(eight) == sorted(one)
   for path, value in one.items():
     np.testing.assert_allclose(eight[path], value, rtol=1e-3, atol=1e-4, err_msg=path)
+  # The Fisher-Rao norm against eager jax.jvp on this trained model, whose compiled product
+  # with the parameters as their own tangent came out wrong (see act_jax.analysis.complexity).
+  import jax
+
+  from act_jax import api
+  from act_jax.data import datasets
+  run = api.load_run(act_run)
+  state = run.models["natural"]
+  images = datasets.in_memory_split(run.config.dataset, "train").images[:16]
+  images = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+  logits, along = jax.jvp(
+      lambda p: run.experiment.eval_apply({"params": p, "batch_stats": state.batch_stats},
+                                          images), (state.params,), (state.params,))
+  p = np.asarray(jax.nn.softmax(logits), np.float64)
+  u = np.asarray(along, np.float64)
+  eager = np.sqrt(np.mean(np.sum(p * u**2, 1) - np.sum(p * u, 1) ** 2))
+  np.testing.assert_allclose(results["one"]["models"]["natural"]["fisher_rao"]["norm"], eager,
+                             rtol=1e-4)
   models = results["one"]["models"]
   assert set(models) == {"natural", "robust"}
   for measures in models.values():
     assert set(measures) == {"entropy", "generalisation", "hessian", "hessian_trace",
-                             "weight_noise", "landscape", "pac_bayes", "effective_rank",
-                             "mutual_information"}
+                             "weight_noise", "landscape", "pac_bayes", "fisher_rao",
+                             "effective_rank", "mutual_information"}
     assert 0 <= measures["entropy"]["clean"] <= np.log(10)
     assert measures["effective_rank"]["penultimate"] >= 1.0
     assert "penultimate" in measures["mutual_information"]

@@ -30,7 +30,7 @@ LAYERS = (
                    "act_jax.evaluate.evaluator", "act_jax.evaluate.report",
                    "act_jax.evaluate.sanity", "act_jax.analysis.objective",
                    "act_jax.analysis.curvature", "act_jax.analysis.weight_noise",
-                   "act_jax.analysis.representations")),
+                   "act_jax.analysis.complexity", "act_jax.analysis.representations")),
     ("runs", ("act_jax.train", "act_jax.api", "act_jax")),
     ("tools", ("act_jax.evaluate", "act_jax.evaluate.cli", "act_jax.study",
                "act_jax.study.runner", "act_jax.study.report", "act_jax.pytorch",

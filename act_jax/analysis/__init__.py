@@ -11,6 +11,7 @@ mode and fixed keys:
   Hessian-vector products;
 - `weight_noise`: filter-normalised perturbations, the loss rise under them, loss landscapes,
   and the PAC-Bayes sharpness sigma;
+- `complexity`: the Fisher-Rao norm;
 - `representations`: features, effective rank, mutual information by binning, linear CKA;
 - `runner`, `report`, `__main__`: `python -m act_jax.analysis` on a run or a study.
 """

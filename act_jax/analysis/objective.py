@@ -74,13 +74,14 @@ def mean_over(per_example: PerExample, examples: Examples, mesh: Mesh
                                        examples.mask) / count)
 
 
-def per_example(fn: Callable[[jax.Array, jax.Array, jax.Array], Any], examples: Examples,
-                mesh: Mesh) -> Any:
-  """`fn(images, labels, indices)` -> per-example values (a tree of arrays with the examples
-  first), computed per device on its shard; the result stays on the devices, padded."""
-  mapped = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(parallel.SHARDED,) * 3,
-                                 out_specs=parallel.SHARDED, check_vma=False))
-  return mapped(examples.images, examples.labels, examples.indices)
+def per_example(fn: Callable[..., Any], examples: Examples, mesh: Mesh, *replicated: Any) -> Any:
+  """`fn(*replicated, images, labels, indices)` -> per-example values (a tree of arrays with the
+  examples first), computed per device on its shard; the result stays on the devices, padded.
+  `replicated` trees (parameters) are inputs of the compiled function, not constants in it."""
+  in_specs = (parallel.REPLICATED,) * len(replicated) + (parallel.SHARDED,) * 3
+  mapped = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=parallel.SHARDED,
+                                 check_vma=False))
+  return mapped(*replicated, examples.images, examples.labels, examples.indices)
 
 
 def to_host(values: Any, examples: Examples) -> Any:

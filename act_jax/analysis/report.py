@@ -15,6 +15,7 @@ COLUMNS = (
     ("hessian", "clean", "Hessian top eigenvalue, clean CE", "lower: flatter"),
     ("hessian", "pgd", "Hessian top eigenvalue, PGD CE", "lower: flatter"),
     ("pac_bayes", "sigma", "PAC-Bayes sigma", "higher: flatter"),
+    ("fisher_rao", "norm", "Fisher-Rao norm", "lower: less complex"),
     ("effective_rank", "penultimate", "effective rank, penultimate", "lower: more compressed"),
     ("generalisation", "clean_gap", "train - test, clean", "lower"),
     ("generalisation", "pgd_gap", "train - test, PGD", "lower"),

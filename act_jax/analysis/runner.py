@@ -21,14 +21,15 @@ import optax
 from etils import epath
 
 from act_jax import api, parallel, reporting
-from act_jax.analysis import curvature, objective, report, representations, weight_noise
+from act_jax.analysis import complexity, curvature, objective, report, representations, weight_noise
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import datasets
 from act_jax.errors import UserError
 from act_jax.evaluate import evaluator as evaluator_lib
 
 MEASURES = ("entropy", "generalisation", "hessian", "hessian_trace", "weight_noise",
-            "landscape", "pac_bayes", "effective_rank", "mutual_information", "alignment")
+            "landscape", "pac_bayes", "fisher_rao", "effective_rank", "mutual_information",
+            "alignment")
 DEFAULT_MEASURES = tuple(m for m in MEASURES if m != "hessian_trace")
 NOISE_SCALES = (0.01, 0.02, 0.05, 0.1, 0.2)
 NOISE_DRAWS = 5
@@ -175,6 +176,12 @@ def _measure_model(model: ModelUnderTest, measures: Sequence[str], mesh: Any, se
     elif measure == "pac_bayes":
       results[measure] = {"sigma": weight_noise.pac_bayes_sigma(
           model.error(train, mesh), model.params, key, draws=NOISE_DRAWS)}
+    elif measure == "fisher_rao":
+      values = objective.to_host(objective.per_example(
+          _without_labels(complexity.fisher_rao_per_example(model.logits)),
+          train, mesh, model.params, jax.tree.map(jnp.copy, model.params)), train)
+      results[measure] = {"norm": complexity.fisher_rao_norm(values),
+                          "squared": float(values.mean())}
     elif measure == "effective_rank":
       features = _features(model, test, mesh)
       results[measure] = {"penultimate": representations.effective_rank(
@@ -189,6 +196,11 @@ def _measure_model(model: ModelUnderTest, measures: Sequence[str], mesh: Any, se
     seconds[measure] = time.perf_counter() - began
     _progress(f"{model.name}: {measure} took {seconds[measure]:.1f} s")
   return results, seconds
+
+
+def _without_labels(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn(*trees, images)` as `objective.per_example` calls it, with labels and indices."""
+  return lambda *arguments: fn(*arguments[:-2])
 
 
 def _progress(message: str) -> None:
