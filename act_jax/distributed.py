@@ -10,10 +10,19 @@ import os
 from collections.abc import Mapping
 
 import jax
+from absl import flags
 
 MODES = ("auto", "on", "off")
 # Variables that only a multi-process launch sets (inside an `srun` step, an `mpirun` job).
 _PROCESS_COUNT_VARIABLES = ("JAX_NUM_PROCESSES", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def define_flag() -> None:
+  """`--distributed`, the one flag every command that can run in several processes shares."""
+  flags.DEFINE_enum("distributed", "auto", MODES,
+                    "Call jax.distributed.initialize() first: 'on' (TPU pods, Slurm, Open MPI, "
+                    "or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), 'off', or "
+                    "'auto' (when the environment describes several processes).")
 
 
 def _int_variable(environ: Mapping[str, str], name: str) -> int | None:

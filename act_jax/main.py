@@ -23,10 +23,7 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and re
 flags.DEFINE_string("compare_to", None,
                     "A study.json of the same recipe (python -m act_jax.study) whose numbers are "
                     "printed beside the final table, e.g. docs/study/fashion_mnist/study.json.")
-flags.DEFINE_enum("distributed", "auto", distributed.MODES,
-                  "Call jax.distributed.initialize() first: 'on' (TPU pods, Slurm, Open MPI, or "
-                  "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), 'off', or 'auto' "
-                  "(when the environment describes several processes).")
+distributed.define_flag()
 
 
 def main(argv: list[str]) -> None:

@@ -28,8 +28,7 @@ flags.DEFINE_integer("num_examples", 1000,
                      "Each measure uses the first N examples of the train and test splits.")
 flags.DEFINE_integer("seed", 0, "Seed of every random direction, draw and attack start.")
 flags.DEFINE_string("output", None, "Where the results go (default: the workdir or study).")
-flags.DEFINE_enum("distributed", "auto", distributed.MODES,
-                  "Call jax.distributed.initialize() first (see python -m act_jax.main).")
+distributed.define_flag()
 
 
 def analyse_study(study_dir: str, request: runner.AnalysisRequest, output: str | None) -> None:

@@ -61,8 +61,7 @@ flags.DEFINE_list("models", None,
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the newest).")
 flags.DEFINE_string("output", None, "Results JSON (default: WORKDIR/robustness.json).")
 flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts and targets.")
-flags.DEFINE_enum("distributed", "auto", distributed.MODES,
-                  "Call jax.distributed.initialize() first (see python -m act_jax.main).")
+distributed.define_flag()
 
 
 class UsageError(UserError, ValueError):

@@ -37,8 +37,7 @@ flags.DEFINE_integer("autoattack_examples", 1000,
                      "AutoAttack (APGD-CE + APGD-T) runs on the first N test examples.")
 flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and of APGD-T per target.")
 flags.DEFINE_string("output_dir", None, "Where the tables and the plot go (default: --workdir).")
-flags.DEFINE_enum("distributed", "auto", distributed.MODES,
-                  "Call jax.distributed.initialize() first (see python -m act_jax.main).")
+distributed.define_flag()
 
 
 def main(argv: list[str]) -> None:
