@@ -138,6 +138,14 @@ def _measure_model(model: ModelUnderTest, measures: Sequence[str], mesh: Any, se
   """The per-model measures; (results, seconds per measure)."""
   results, seconds = {}, {}
   train, test = model.clean["train"], model.clean["test"]
+  cached: dict[str, dict[str, np.ndarray]] = {}
+
+  def test_features() -> dict[str, np.ndarray]:
+    """The test subset's features, computed once for every measure that reads them."""
+    if "test" not in cached:
+      cached["test"] = _features(model, test, mesh)
+    return cached["test"]
+
   for measure in measures:
     began = time.perf_counter()
     key = _key(seed, measure, model.name)
@@ -183,11 +191,11 @@ def _measure_model(model: ModelUnderTest, measures: Sequence[str], mesh: Any, se
       results[measure] = {"norm": complexity.fisher_rao_norm(values),
                           "squared": float(values.mean())}
     elif measure == "effective_rank":
-      features = _features(model, test, mesh)
+      features = test_features()
       results[measure] = {"penultimate": representations.effective_rank(
           features["penultimate"])}
     elif measure == "mutual_information":
-      features = _features(model, test, mesh)
+      features = test_features()
       results[measure] = {layer: representations.binned_mutual_information(values)
                           for layer, values in features.items()}
       results[measure]["bins"] = representations.MI_BINS
