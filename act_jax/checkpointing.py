@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from etils import epath
 
-from act_jax import stderr
+from act_jax import stderr, write_failures
 from act_jax.errors import UserError
 
 UNRESTORABLE_DIR = "unrestorable_checkpoints"
@@ -28,6 +28,17 @@ class _ReadOnlyNotices(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return "read only" not in message and "read_only=True" not in message
+
+
+class _FailedSaveTracebacks(logging.Filter):
+  """Drops orbax's logged tracebacks of a failed save (a full disk): each of its threads logs
+  one, and the run reports the failure once, in one line (`write_failures`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_FAILED_SAVE_TRACEBACKS = _FailedSaveTracebacks()
 
 
 class _Manager(ocp.CheckpointManager):
@@ -53,14 +64,19 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None,
   `read_only` managers (for loading a finished run) never create or delete anything; orbax's
   warnings that they are read-only, which is the point, are filtered out.
   """
+  # A save that failed midway (a full disk) leaves a temporary directory, never a checkpoint;
+  # a training manager removes them when it starts.
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only,
-                                         save_interval_steps=0 if read_only else 1)
+                                         save_interval_steps=0 if read_only else 1,
+                                         cleanup_tmp_directories=not read_only)
   directory = epath.Path(workdir) / "checkpoints"
   if "://" not in workdir:
     directory = directory.absolute()  # orbax (tensorstore) rejects relative local paths
   notices = _ReadOnlyNotices()
   absl_logging.get_absl_logger().addFilter(notices)
+  if not read_only:
+    absl_logging.get_absl_logger().addFilter(_FAILED_SAVE_TRACEBACKS)  # once: filters are a set
   try:
     return _Manager(directory, options=options, item_names=("state", "position"))
   finally:
@@ -73,9 +89,22 @@ def save(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, step: int) 
   The step is all the input pipeline needs to resume: its batches are a pure function of
   (seed, step).
   """
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
-      position=ocp.args.JsonSave({"step": step})))
+  # A failed write surfaces here or in `wait_until_finished`, in one of several types.
+  with write_failures.reported(f"checkpoint step {step}", manager.directory, any_error=True):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
+        position=ocp.args.JsonSave({"step": step})))
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+  """Waits for the asynchronous save; a failed one raises `WriteFailed`."""
+  with write_failures.reported("a checkpoint", manager.directory, any_error=True):
+    manager.wait_until_finished()
+
+
+def newest_committed_step(workdir: str) -> int | None:
+  """The newest checkpoint step on disk that orbax committed (None: none), read afresh."""
+  return checkpoint_manager(workdir, None, read_only=True).latest_step()
 
 
 def _abstract(tree: Any) -> Any:
@@ -120,7 +149,19 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *
   if step is not None and step not in manager.all_steps():
     raise CheckpointError(f"no checkpoint of step {step}; saved steps: "
                           f"{', '.join(map(str, manager.all_steps())) or 'none'}")
-  for candidate in ([step] if step is not None else sorted(manager.all_steps(), reverse=True)):
+  tried: set[int] = set()
+  while True:
+    if step is not None:
+      candidate = step
+    else:
+      # Listed afresh each time: a run training in this workdir meanwhile saves new checkpoints
+      # and deletes old ones, so a reader's listing can go stale while it restores.
+      manager.reload()
+      untried = [s for s in manager.all_steps() if s not in tried]
+      if not untried:
+        return None
+      candidate = max(untried)
+    tried.add(candidate)
     # A failed restore leaves orbax's I/O threads calling back into a closed event loop, each
     # printing a traceback: the attempt's stderr is held back, and dropped if it fails.
     with stderr.captured() as captured:
@@ -141,8 +182,9 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *
     if step is not None:
       raise CheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "
                             f"restored ({reason})") from None
+    if not (epath.Path(manager.directory) / str(candidate)).exists():
+      continue  # deleted by the run that saves here since it was listed: not damage
     where = (f"moved aside to {move_aside(manager, candidate)}" if move_unrestorable
              else "left in place")
     _warn(f"checkpoint step {candidate} in {manager.directory} cannot be restored "
           f"({reason}); it is {where}, and the next older checkpoint is tried")
-  return None

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from act_jax import distributed
 from act_jax.errors import UserError
 
 MAX_MESSAGE = 400
@@ -78,5 +79,12 @@ def run(main: Callable[[list[str]], None], *, config_flag: str | None = None) ->
       main(argv)
     except UserError as error:
       fail(_one_line(str(error)), error.exit_code)
+    except Exception as error:
+      if distributed.is_lost_process_error(error):
+        distributed.exit_for_lost_process(error)
+      raise
+    except KeyboardInterrupt:
+      fail("interrupted (Ctrl-C): what was committed is kept; run the same command again to "
+           "resume", 130)
 
   app.run(guarded, flags_parser=_parse_flags)

@@ -82,8 +82,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _non_negative(config, "trades.beta")
   prefixes = ("eval",) if config.method == "natural" else ("attack", "eval")
   for prefix in prefixes:
-    _non_negative(config, f"{prefix}.eps")
-    _non_negative(config, f"{prefix}.step_size")
+    for field in (f"{prefix}.eps", f"{prefix}.step_size"):
+      value = _number(config, field)
+      if not 0 <= value <= 1:  # the /255 habit: eps = 8 for 8/255
+        _fail(field, value, "must be in [0, 1]: images are in [0, 1], so 8/255 is 0.0314")
   if config.method != "natural":
     _positive_int(config, "attack.num_steps", allow_zero=True)
   _positive_int(config, "eval.num_steps")

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.is_parsed() or FLAGS["verbosity"].present == 0:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file operation at INFO
-  if not distributed.initialize(FLAGS.distributed):
+  if not distributed.initialize_from_flags():
     parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
                                           FLAGS.config.eval.batch_size])
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

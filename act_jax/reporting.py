@@ -5,6 +5,7 @@ Only process 0 reports; the other processes get no-op writers so the loop needs 
 TensorFlow (clu's default writer is a TF summary writer), and act_jax must run without it.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,8 @@ from typing import Any
 
 import tqdm
 from etils import epath
+
+from act_jax import write_failures
 
 
 class Progress:
@@ -62,13 +65,15 @@ class ScalarWriter:
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if self._writer is not None:
-      for name, value in scalars.items():
-        self._writer.add_scalar(name, value, step)
-      self._writer.flush()
+      with write_failures.reported("the TensorBoard log", self._writer.logdir):
+        for name, value in scalars.items():
+          self._writer.add_scalar(name, value, step)
+        self._writer.flush()
 
   def close(self) -> None:
     if self._writer is not None:
-      self._writer.close()
+      with write_failures.reported("the TensorBoard log", self._writer.logdir):
+        self._writer.close()
 
 
 def json_safe(value: Any) -> Any:
@@ -91,5 +96,12 @@ def write_json(path: epath.PathLike, payload: Mapping[str, Any]) -> None:
   half-written file and a diverged run never leaves bare NaN tokens."""
   path = epath.Path(path)
   temporary = path.with_name(path.name + ".tmp")
-  temporary.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False))
-  temporary.replace(path)
+  text = json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False)
+  with write_failures.reported(path.name, path):
+    try:
+      temporary.write_text(text)
+      temporary.replace(path)
+    except OSError:
+      with contextlib.suppress(OSError):
+        temporary.unlink()
+      raise

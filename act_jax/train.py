@@ -5,7 +5,9 @@ computes with, `methods` hold the per-device steps, and the helpers below each k
 of the loop's state (which metrics are checked, which checkpoint waits, what was reported).
 """
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -15,7 +17,16 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from act_jax import checkpointing, config_validation, experiment, parallel, reporting
+from act_jax import (
+  checkpointing,
+  config_validation,
+  experiment,
+  interruption,
+  parallel,
+  reporting,
+  workdir_lock,
+  write_failures,
+)
 from act_jax import workdir as workdir_lib
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import catalog, datasets, pipeline
@@ -63,6 +74,7 @@ class Preemption:
   def restore(self) -> None:
     for number, handler in self._previous.items():
       signal.signal(number, handler)
+    self._previous = {}
 
 
 class FiniteGuard:
@@ -285,6 +297,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_lib.check_usable(workdir)
   config_changes = workdir_lib.config_changes(workdir, config)
   info = _dataset_info_chief_first(config.dataset)
+  with workdir_lock.held(workdir):
+    try:
+      return _train(config, workdir, mesh, info, config_changes)
+    except write_failures.WriteFailed as failure:
+      newest = checkpointing.newest_committed_step(workdir)
+      raise write_failures.WriteFailed(
+          f"{failure}; the run stopped. Its newest committed checkpoint "
+          f"({'none' if newest is None else f'step {newest}'}) and results.json up to it are "
+          "intact: free space, then run the same command again to resume") from None
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+           info: catalog.DatasetInfo, config_changes: dict[str, Any]) -> dict[str, Any]:
+  """The run itself, in a workdir this process (or process 0) holds the lock of."""
   if jax.process_index() == 0:
     workdir_lib.create(workdir, config)
   data = pipeline.train_data(config, mesh)
@@ -303,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   evaluate = Evaluation(exp, eval_rng)
   guard, checkpoint = FiniteGuard(log, manager), DelayedCheckpoint(manager, rng, log, state)
   preemption = Preemption()
-  try:
+  with _closing(manager, preemption, log):
     while step < exp.total_steps:
       state, metrics = train_step(state, *data.step_inputs(step), rng)
       step += 1
@@ -329,9 +355,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return log.results
       if evaluates:
         log.evaluation(evaluate(state, step, "periodic"))
-    log.final(evaluate(state, step, "final"), eps=config.eval.eps)
+    preemption.restore()  # the final evaluation has no checkpoint to stop at: it stops at once
+    with interruption.raising_on_signals(
+        "the final evaluation", f"the run's last checkpoint (step {step}) is saved"):
+      log.final(evaluate(state, step, "final"), eps=config.eval.eps)
     return log.results
-  finally:
-    manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _closing(manager: ocp.CheckpointManager, preemption: Preemption,
+             log: RunLog) -> Iterator[None]:
+  """Waits for the last checkpoint and closes the logs when the loop ends. A failure to write
+  them is reported (`WriteFailed`) after a normal end, and stays silent when the loop is
+  already failing, so that the line the user sees is the first failure's."""
+  def finish() -> None:
     preemption.restore()
-    log.close()
+    try:
+      checkpointing.wait_until_finished(manager)
+    finally:
+      log.close()
+
+  try:
+    yield
+  except BaseException:
+    with contextlib.suppress(Exception):
+      finish()
+    raise
+  finish()

@@ -23,6 +23,11 @@ SAFE_TO_CHANGE = ("train.epochs", "train.max_steps", "train.log_every_steps",
                   "train.checkpoint_every_steps", "train.max_checkpoints_to_keep",
                   "train.eval_every_steps", "eval.", "reference_study", "dataset.data_dir",
                   "dataset.fashion_mnist_dir")
+# Fields that change neither what a run computes nor what it reports (a study may compare runs
+# that differ in them).
+RESULT_NEUTRAL = ("train.log_every_steps", "train.checkpoint_every_steps",
+                  "train.max_checkpoints_to_keep", "reference_study", "dataset.data_dir",
+                  "dataset.fashion_mnist_dir")
 
 
 class WorkdirError(UserError):
@@ -47,9 +52,25 @@ def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def _is_safe(field: str) -> bool:
-  return any(field == safe or (safe.endswith(".") and field.startswith(safe))
-             for safe in SAFE_TO_CHANGE)
+def _matches(field: str, names: tuple[str, ...]) -> bool:
+  return any(field == name or (name.endswith(".") and field.startswith(name)) for name in names)
+
+
+def _differences(workdir: str, config: ml_collections.ConfigDict) -> dict[str, list[Any]]:
+  """{field: [saved, new]} between the workdir's config.json (if any) and `config`."""
+  saved_path = epath.Path(workdir) / CONFIG_FILE
+  if not saved_path.exists():
+    return {}
+  saved, new = _flat(json.loads(saved_path.read_text())), _flat(_plain(config))
+  return {field: [saved.get(field), new.get(field)]
+          for field in sorted(set(saved) | set(new)) if saved.get(field) != new.get(field)}
+
+
+def result_differences(workdir: str, config: ml_collections.ConfigDict) -> dict[str, list[Any]]:
+  """The fields, {field: [saved, new]}, in which the run recorded in `workdir` computed or
+  reported something other than `config` would; empty when its results are `config`'s."""
+  return {field: values for field, values in _differences(workdir, config).items()
+          if not _matches(field, RESULT_NEUTRAL)}
 
 
 def check_usable(workdir: str) -> None:
@@ -72,13 +93,8 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str,
 
   Empty for a new workdir or an unchanged config. Reads only.
   """
-  saved_path = epath.Path(workdir) / CONFIG_FILE
-  if not saved_path.exists():
-    return {}
-  saved, new = _flat(json.loads(saved_path.read_text())), _flat(_plain(config))
-  changes = {field: [saved.get(field), new.get(field)]
-             for field in sorted(set(saved) | set(new)) if saved.get(field) != new.get(field)}
-  refused = [field for field in changes if not _is_safe(field)]
+  changes = _differences(workdir, config)
+  refused = [field for field in changes if not _matches(field, SAFE_TO_CHANGE)]
   if refused:
     listed = ", ".join(f"{field} ({changes[field][0]!r} -> {changes[field][1]!r})"
                        for field in refused)

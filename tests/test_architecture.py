@@ -16,13 +16,15 @@ PACKAGE = pathlib.Path(REPO) / "act_jax"
 
 # Lowest first. A name matches a module and, ending in ".", every module below that package.
 LAYERS = (
-    ("foundations", ("act_jax.errors", "act_jax.stderr", "act_jax.parallel",
+    ("foundations", ("act_jax.errors", "act_jax.stderr", "act_jax.parallel", "act_jax.interruption",
+                     "act_jax.write_failures",
                      "act_jax.distributed", "act_jax.reporting", "act_jax.command_line")),
     ("building blocks", ("act_jax.losses", "act_jax.train_state", "act_jax.optimizers",
                          "act_jax.models", "act_jax.models.", "act_jax.attacks",
                          "act_jax.attacks.", "act_jax.data.catalog",
                          "act_jax.data.fashion_mnist", "act_jax.data.augmentations",
-                         "act_jax.data.tfds_pipeline", "act_jax.workdir")),
+                         "act_jax.data.tfds_pipeline", "act_jax.workdir",
+                         "act_jax.workdir_lock")),
     ("data", ("act_jax.data", "act_jax.data.datasets", "act_jax.data.in_memory",
               "act_jax.data.pipeline")),
     ("methods", ("act_jax.methods", "act_jax.methods.")),

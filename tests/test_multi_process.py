@@ -291,3 +291,37 @@ def test_a_study_in_two_processes_equals_one(runs, tmp_path):
     assert abs(got["clean"] - want["clean"]) <= 1 / 64
     assert abs(got["pgd20"] - want["pgd20"]) <= 1 / 64
     assert abs(got["autoattack"] - want["autoattack"]) <= 1 / 32
+
+
+LOST_PROCESS_BOUND_S = 60  # the roll call takes 5 s; the rest is slack for a loaded machine
+
+
+def test_a_lost_process_stops_the_other_in_one_line_and_both_resume(tmp_path):
+  """kill -9 of process 1 mid-training: process 0 sees its collective fail, names the lost
+  process in one line and exits 5 at once (not at JAX's exit barrier, which waited for the
+  heartbeat timeout and then aborted with a dump); restarted, both resume."""
+  data_dir, workdir = tmp_path / "tfds", tmp_path / "run"
+  topology = dict(processes=2, devices_per_process=1)
+  flags = ("--config.train.checkpoint_every_steps=4", "--config.eval.num_examples=64",
+           "--config.train.max_checkpoints_to_keep=100")
+  runs = launch(workdir, data_dir, **topology, max_steps=100000, flags=flags)
+  try:
+    wait_for_checkpoint(workdir, 8, runs)
+    runs[1].kill()
+    killed = time.monotonic()
+    output, _ = runs[0].communicate(timeout=RUN_TIMEOUT_S)
+    took = time.monotonic() - killed
+  finally:
+    for run in runs:
+      run.kill()
+  errors = [line for line in output.splitlines() if line.startswith("error: ")]
+  assert runs[0].returncode == 5 and len(errors) == 1, output[-3000:]
+  assert "process 0: process 1 of 2 stopped answering" in errors[0]
+  assert "restart every process with the same command" in errors[0]
+  assert "Traceback" not in output and "Fatal Python error" not in output, output[-3000:]
+  assert took < LOST_PROCESS_BOUND_S, took
+  newest = max(int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit())
+  outputs = train(workdir, data_dir, **topology, max_steps=newest + 4, flags=flags)
+  assert f"Resuming from step {newest}" in outputs[0]
+  assert [entry["step"] for entry in results(workdir)["train_log"]] == list(
+      range(1, newest + 5))

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.ERROR)
   if (FLAGS.workdir is None) == (FLAGS.study is None):
     command_line.fail("give one of --workdir=RUN or --study=DIR")
-  if not distributed.initialize(FLAGS.distributed):
+  if not distributed.initialize_from_flags():
     parallel.use_one_cpu_device_per_core([])  # the examples are padded to any count
   request = runner.AnalysisRequest(workdir=FLAGS.workdir or "", models=FLAGS.models,
                                    measures=tuple(FLAGS.measures),

@@ -7,6 +7,12 @@ import os
 
 import numpy as np
 
+from act_jax.errors import UserError
+
+
+class DatasetDamagedError(UserError, ValueError):
+  """A dataset file is truncated, malformed or stale; the message names the file and the fix."""
+
 DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 EVAL_SPLITS = ("test", "validation")

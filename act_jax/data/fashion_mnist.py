@@ -6,9 +6,11 @@ The embedded default dataset must work with no network and without TensorFlow: t
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
+from act_jax.data.catalog import DatasetDamagedError
 from act_jax.errors import UserError
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -23,23 +25,35 @@ class DatasetMissingError(UserError, FileNotFoundError):
   """A dataset's files are not where the config says; the message names the path and the fix."""
 
 
+def _damaged(path: str, reason: str) -> DatasetDamagedError:
+  return DatasetDamagedError(
+      f"{path} is damaged ({reason}): reinstall it with `apt-get install --reinstall "
+      "dataset-fashion-mnist`, or point --config.dataset.fashion_mnist_dir at intact IDX files")
+
+
 def read_idx(path: str, magic: int) -> np.ndarray:
   """Reads a gzipped IDX file of unsigned bytes: big-endian magic and dimensions, then data.
 
-  The magic number is checked so that swapped or corrupt files fail here, naming the file,
-  rather than as a reshape error (or silently wrong labels) later.
+  A truncated or corrupt file (a cut gzip stream, a wrong magic number, fewer bytes than its
+  dimensions say) raises `DatasetDamagedError` here, naming the file, rather than a reshape
+  error or silently wrong labels later.
   """
-  with gzip.open(path, "rb") as f:
-    data = f.read()
+  try:
+    with gzip.open(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+    raise _damaged(path, f"{type(error).__name__}: {error}") from None
   found = int.from_bytes(data[:4], "big")
   if found != magic:
-    raise ValueError(f"{path}: IDX magic number {found}, expected {magic}")
+    raise _damaged(path, f"IDX magic number {found}, expected {magic}")
   num_dims = magic & 0xFF
   header_size = 4 + 4 * num_dims
+  if len(data) < header_size:
+    raise _damaged(path, f"{len(data)} bytes, shorter than its header")
   dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(num_dims)]
   array = np.frombuffer(data, np.uint8, offset=header_size)
   if array.size != np.prod(dims):
-    raise ValueError(f"{path}: {array.size} bytes of data for dimensions {dims}")
+    raise _damaged(path, f"{array.size} bytes of data for dimensions {dims}")
   return array.reshape(dims)
 
 
@@ -67,11 +81,12 @@ def read_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   images_name, labels_name = IDX_FILES[split]
   images = read_idx(os.path.join(directory, images_name), IMAGE_MAGIC)
   labels = read_idx(os.path.join(directory, labels_name), LABEL_MAGIC)
+  images_path, labels_path = (os.path.join(directory, name) for name in (images_name, labels_name))
   if images.shape[1:] != IMAGE_SHAPE:
-    raise ValueError(f"{images_name}: images of shape {images.shape[1:]}, expected {IMAGE_SHAPE}")
+    raise _damaged(images_path, f"images of shape {images.shape[1:]}, expected {IMAGE_SHAPE}")
   if len(images) != len(labels):
-    raise ValueError(f"{directory}: {len(images)} images in {images_name} but {len(labels)} "
-                     f"labels in {labels_name}")
+    raise _damaged(labels_path, f"{len(labels)} labels for the {len(images)} images of "
+                   f"{images_name}")
   if labels.size and labels.max() >= NUM_CLASSES:
-    raise ValueError(f"{labels_name}: label {labels.max()} outside [0, {NUM_CLASSES})")
+    raise _damaged(labels_path, f"label {labels.max()} outside [0, {NUM_CLASSES})")
   return images, labels

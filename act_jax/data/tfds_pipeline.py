@@ -14,6 +14,7 @@ augments each example with a seed from (seed, process, epoch, position).
 import contextlib
 import functools
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -123,6 +124,30 @@ def _num_examples(builder: Any, split: Any) -> int:
   return count
 
 
+def _read_cache(cache: str, name: str, split: str, data_dir: str | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The cached split, checked: a truncated, malformed or stale cache raises
+  `DatasetDamagedError` naming the file and how to rebuild it."""
+  def damaged(reason: str) -> catalog.DatasetDamagedError:
+    return catalog.DatasetDamagedError(
+        f"{cache} is damaged or stale ({reason}): delete it, then rebuild it with "
+        f"`{prepare_command(name, data_dir)}`")
+  try:
+    with np.load(cache) as arrays:
+      images, labels = arrays["image"], arrays["label"]
+  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    raise damaged(" ".join(f"{type(error).__name__}: {error}".split())[:160]) from None
+  shape = catalog.IMAGE_SHAPES[name]
+  if images.dtype != np.uint8 or images.shape[1:] != shape:
+    raise damaged(f"images {images.dtype}{list(images.shape)}, expected uint8 [n, "
+                  f"{', '.join(map(str, shape))}]")
+  if labels.shape != (len(images),):
+    raise damaged(f"{labels.shape} labels for {len(images)} images")
+  if labels.size and not 0 <= labels.min() <= labels.max() < catalog.NUM_CLASSES[name]:
+    raise damaged(f"labels outside [0, {catalog.NUM_CLASSES[name]})")
+  return images, labels.astype(np.int32)
+
+
 def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   """A whole CIFAR split as uint8 images and int32 labels, in its stored order.
 
@@ -132,8 +157,7 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
   """
   cache = catalog.npz_cache_path(data_dir, name, split)
   if os.path.exists(cache):
-    with np.load(cache) as arrays:
-      return arrays["image"], arrays["label"]
+    return _read_cache(cache, name, split, data_dir)
   builder = prepared_builder(name, data_dir)
   examples = builder.as_dataset(split=split, shuffle_files=False)
   # One batch of exactly the split's size (TFDS's batch_size=-1 needs split metadata, which

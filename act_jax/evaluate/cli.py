@@ -3,23 +3,26 @@
     python -m act_jax.evaluate --workdir=DIR \
         --attacks=clean,pgd20,pgd100,apgd-ce,apgd-t,autoattack,transfer --eps=0.1
 
-Writes `DIR/robustness.json` (accuracies, the eps sweep, the sanity checks and what each attack
-ran), `DIR/robustness_eps_sweep.png`, and prints a table. Runs data-parallel over every device
-(and, with `--distributed`, every host), like training.
+Writes `DIR/robustness/<split>_step<N>_<attacks>_<settings digest>.json` (accuracies, the eps
+sweep, the sanity checks and what each attack ran), the eps sweep's plot beside it, and prints a
+table. An evaluation never replaces an earlier one: other settings or another checkpoint get
+another file, and a repeat gets a numbered one. Runs data-parallel over every device (and, with
+`--distributed`, every host), like training.
 """
 
 import dataclasses
+import hashlib
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 from absl import app, flags, logging
 from etils import epath
 
-from act_jax import api, distributed, parallel, reporting
+from act_jax import api, distributed, interruption, parallel, reporting
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import pipeline
 from act_jax.errors import UserError
@@ -59,7 +62,8 @@ flags.DEFINE_list("models", None,
                   "Which of the run's models to evaluate (default: all: natural and robust for "
                   "ACT, the one model of the other methods).")
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the newest).")
-flags.DEFINE_string("output", None, "Results JSON (default: WORKDIR/robustness.json).")
+flags.DEFINE_string("output", None, "Results JSON, which must not exist yet (default: a new "
+                    "file in WORKDIR/robustness/ named by the split, step, attacks and settings).")
 flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts and targets.")
 distributed.define_flag()
 
@@ -107,6 +111,9 @@ def _check(request: EvaluationRequest
     raise UsageError(f"--sweep-attack={request.sweep_attack}: {error}") from None
   if not sweep_attack.is_white_box:
     raise UsageError(f"--sweep-attack={sweep_attack.name}: must be a single white-box attack")
+  if request.eps is not None and request.eps > 1:
+    raise UsageError(f"--eps={request.eps}: must be in [0, 1]: images are in [0, 1], so 8/255 "
+                     "is 0.0314")
   for flag, value in (("--eps", request.eps), ("--eps-l2", request.eps_l2),
                       ("--large-eps", request.large_eps)):
     if value is not None and value < 0:
@@ -114,6 +121,8 @@ def _check(request: EvaluationRequest
   for value in request.eps_sweep or ():
     if value < 0:
       raise UsageError(f"--eps-sweep: {value} must be >= 0")
+  if request.step is not None and request.step < 0:
+    raise UsageError(f"--step={request.step}: must be >= 0 (a checkpoint's step)")
   for flag, value in (("--restarts", request.restarts), ("--apgd-steps", request.apgd_steps),
                       ("--num-examples", request.num_examples),
                       ("--batch-size", request.batch_size)):
@@ -180,29 +189,22 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
                               batch_size=batch_size)
   except ValueError as error:
     raise UsageError(f"--split={request.split}: {error}") from None
+  if data.num_examples == 0:
+    holdout = config.dataset.validation_examples
+    raise UsageError(f"--split={request.split}: no examples to evaluate"
+                     + (f" (this run holds out dataset.validation_examples = {holdout})"
+                        if request.split == "validation" else "") + "; nothing was written")
+  output = _output_path(request, run.step, attacks, settings)
   progress = progress_bars(request.show_progress and is_chief)
 
   def run_suite(suite_attacks, suite_settings):
     evaluator = evaluator_lib.Evaluator(apply_fn, mesh, suite_attacks, suite_settings)
     return evaluator(variables, data, rng, progress=progress)
 
-  main = run_suite(attacks, settings)
-  sweep_eps = (sorted(set(request.eps_sweep)) if request.eps_sweep is not None
-               else sorted({m * eps for m in DEFAULT_SWEEP_MULTIPLES}))
-  sweep = None
-  if sweep_eps:
-    sweep = {"attack": sweep_attack.name, "eps": sweep_eps,
-             "accuracy": {m: [] for m in models}}
-    for value in sweep_eps:
-      result = run_suite((sweep_attack,), dataclasses.replace(settings, eps=value))
-      for m in models:
-        sweep["accuracy"][m].append(result.accuracy[m][sweep_attack.name])
-  large = run_suite((sweep_attack,), dataclasses.replace(settings, eps=request.large_eps))
-  large_eps = {"attack": sweep_attack.name, "eps": request.large_eps,
-               "max_accuracy": request.large_eps_max_accuracy,
-               "accuracy": {m: large.accuracy[m][sweep_attack.name] for m in models}}
+  with interruption.raising_on_signals("the evaluation", "nothing of it was written"):
+    main, sweep, large_eps = _run_suites(run_suite, attacks, settings, sweep_attack, request,
+                                         models)
   checks = sanity.sanity_checks(main.accuracy, sweep, large_eps)
-  output = epath.Path(request.output or epath.Path(request.workdir) / "robustness.json")
   plot = output.with_name(output.stem + "_eps_sweep.png") if sweep else None
   results = {
       "workdir": str(request.workdir), "method": run.method.name,
@@ -233,6 +235,55 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   return results
 
 
+def _run_suites(run_suite: Callable[..., Any], attacks: Sequence[attack_specs.AttackSpec],
+                settings: attack_specs.AttackSettings, sweep_attack: attack_specs.AttackSpec,
+                request: EvaluationRequest, models: Sequence[str]
+                ) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+  """The main suite, the eps sweep and the large-eps check: (main, sweep, large_eps)."""
+  eps = settings.eps
+  main = run_suite(attacks, settings)
+  sweep_eps = (sorted(set(request.eps_sweep)) if request.eps_sweep is not None
+               else sorted({m * eps for m in DEFAULT_SWEEP_MULTIPLES}))
+  sweep = None
+  if sweep_eps:
+    sweep = {"attack": sweep_attack.name, "eps": sweep_eps,
+             "accuracy": {m: [] for m in models}}
+    for value in sweep_eps:
+      result = run_suite((sweep_attack,), dataclasses.replace(settings, eps=value))
+      for m in models:
+        sweep["accuracy"][m].append(result.accuracy[m][sweep_attack.name])
+  large = run_suite((sweep_attack,), dataclasses.replace(settings, eps=request.large_eps))
+  large_eps = {"attack": sweep_attack.name, "eps": request.large_eps,
+               "max_accuracy": request.large_eps_max_accuracy,
+               "accuracy": {m: large.accuracy[m][sweep_attack.name] for m in models}}
+  return main, sweep, large_eps
+
+
+def _output_path(request: EvaluationRequest, step: int,
+                 attacks: Sequence[attack_specs.AttackSpec],
+                 settings: attack_specs.AttackSettings) -> epath.Path:
+  """Where this evaluation's JSON goes: a path no earlier evaluation holds."""
+  if request.output is not None:
+    output = epath.Path(request.output)
+    if output.exists():
+      raise UsageError(f"--output={request.output} exists; an evaluation never replaces another:"
+                       " give a new path, or leave --output out")
+    return output
+  numbers = {k: v for k, v in dataclasses.asdict(settings).items() if k != "unroll"}
+  described = json.dumps([numbers, request.num_examples, request.seed,
+                          request.models, request.eps_sweep, request.sweep_attack,
+                          request.large_eps, request.batch_size], sort_keys=True, default=str)
+  digest = hashlib.sha256(described.encode()).hexdigest()[:8]
+  names = "+".join(spec.name for spec in attacks)[:80]
+  directory = epath.Path(request.workdir) / "robustness"
+  stem = f"{request.split}_step{step}_{names}_{digest}"
+  output, repeat = directory / f"{stem}.json", 1
+  while output.exists():
+    repeat += 1
+    output = directory / f"{stem}_{repeat}.json"
+  return output
+
+
 def _flag(name: str):
   return FLAGS[name].value
 
@@ -250,7 +301,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS["verbosity"].present == 0:  # orbax warns that the read-only checkpoint is read-only
     logging.set_verbosity(logging.ERROR)
-  if not distributed.initialize(_flag("distributed")):
+  if not distributed.initialize_from_flags():
     parallel.use_one_cpu_device_per_core([_flag("batch-size") or _run_eval_batch_size()])
   sweep = _flag("eps-sweep")
   try:

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS["verbosity"].present == 0:
     logging.set_verbosity(logging.WARNING)
-  if not distributed.initialize(FLAGS.distributed):
+  if not distributed.initialize_from_flags():
     parallel.use_one_cpu_device_per_core([FLAGS.config.train.batch_size,
                                           FLAGS.config.eval.batch_size])
   request = runner.StudyRequest(

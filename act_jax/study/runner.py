@@ -27,9 +27,10 @@ import jax
 import ml_collections
 from etils import epath
 
-from act_jax import api, methods, parallel, reporting, train
+from act_jax import api, interruption, methods, parallel, reporting, train, workdir_lock
+from act_jax import workdir as workdir_lib
 from act_jax.attacks import specs as attack_specs
-from act_jax.data import pipeline
+from act_jax.data import datasets, pipeline
 from act_jax.errors import UserError
 from act_jax.evaluate import evaluator as evaluator_lib
 from act_jax.study import report
@@ -144,6 +145,30 @@ def autoattack_evaluation(run_dir: str, num_examples: int, apgd_steps: int) -> d
           "examples_attacked": result.attacked, "attacks": evaluator.describe()}
 
 
+def check_recipe(request: StudyRequest, key: RunKey, record: dict[str, Any], *,
+                 steps_per_epoch: int) -> None:
+  """Refuses a run in the study's workdir that was trained or evaluated with another recipe
+  than the one requested: the table would label its numbers with the new one."""
+  run_dir = key.directory(epath.Path(request.workdir))
+  expected = run_config(request.config, key, steps_per_epoch=steps_per_epoch,
+                        curve_examples=request.curve_examples)
+  differences = [f"{field} ({saved!r} -> {new!r})" for field, (saved, new) in
+                 workdir_lib.result_differences(str(run_dir), expected).items()]
+  evaluation = record.get("evaluation")
+  if evaluation is not None:
+    if evaluation["apgd_steps"] != request.apgd_steps:
+      differences.append(f"--apgd_steps ({evaluation['apgd_steps']} -> {request.apgd_steps})")
+    evaluated = evaluation["num_examples"]
+    test_size = datasets.dataset_info(expected.dataset).num_test
+    if evaluated != min(request.autoattack_examples, test_size):
+      differences.append(f"--autoattack_examples ({evaluated} -> "
+                         f"{request.autoattack_examples})")
+  if differences:
+    raise StudyError(f"{run_dir} holds a run of another recipe: {', '.join(differences)}; "
+                     "its numbers would be reported as the new recipe's, so nothing was run: "
+                     "give this recipe another --workdir (and --output_dir)")
+
+
 def _format_seconds(seconds: float) -> str:
   minutes, seconds = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
@@ -239,14 +264,15 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
   return study
 
 
-def run_study(request: StudyRequest) -> dict[str, Any] | None:
-  """Trains and evaluates every run of the grid (none with `report_only`); returns the study,
-  or None if a run was interrupted."""
+def run_study(request: StudyRequest) -> dict[str, Any]:
+  """Trains and evaluates every run of the grid (none with `report_only`); returns the study.
+
+  Raises `interruption.Interrupted` when SIGINT or SIGTERM stops it, in any phase.
+  """
   check(request)
   workdir = epath.Path(request.workdir)
   runs = grid(request)
-  steps_per_epoch = (0 if request.report_only or not request.curve_examples
-                     else pipeline.steps_per_epoch(request.config))
+  steps_per_epoch = pipeline.steps_per_epoch(request.config) if request.curve_examples else 0
   # Relative cost of each run for the ETA: its method's work per step (forward passes), times
   # its epochs; finished runs cost nothing.
   def cost(key: RunKey) -> int:
@@ -255,11 +281,15 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
   is_chief = jax.process_index() == 0
   commit = _commit()  # the code this invocation runs, whatever the checkout becomes meanwhile
   start, worked_seconds, worked_cost = time.time(), 0.0, 0
-  pending = [key for key in runs if not _is_done(*_finished(key.directory(workdir)))]
+  finished = {key: _finished(key.directory(workdir)) for key in runs}
+  for key, (results, record) in finished.items():  # before anything trains
+    if results is not None:
+      check_recipe(request, key, record, steps_per_epoch=steps_per_epoch)
+  pending = [key for key in runs if not _is_done(*finished[key])]
   rows, missing = [], []
   for number, key in enumerate(runs, start=1):
     run_dir = key.directory(workdir)
-    results, record = _finished(run_dir)
+    results, record = finished[key]
     done = _is_done(results, record)
     remaining = sum(cost(k) for k in pending)
     eta = (f", ETA {_format_seconds(remaining * worked_seconds / worked_cost)} for "
@@ -274,23 +304,10 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
       missing.append(key)
       continue
     if not done:
-      began = time.time()
-      if results is None or "final" not in results:
-        results = train.train_and_evaluate(
-            run_config(request.config, key, steps_per_epoch=steps_per_epoch,
-                       curve_examples=request.curve_examples), str(run_dir))
-        if "final" not in results:
-          if is_chief:
-            print(f"Interrupted in {run_dir}; run the study again to resume.", flush=True)
-          return None
-        record["train_seconds"] = time.time() - began
-      evaluated = time.time()
-      record["evaluation"] = autoattack_evaluation(str(run_dir), request.autoattack_examples,
-                                                   request.apgd_steps)
-      record["eval_seconds"] = time.time() - evaluated
-      if is_chief:
-        reporting.write_json(run_dir / RUN_RECORD, record)
-      worked_seconds += time.time() - began
+      with workdir_lock.held(str(run_dir)):  # over its training and its evaluation
+        results, record = _train_and_evaluate(request, key, run_dir, results, record,
+                                              steps_per_epoch)
+      worked_seconds += record.get("train_seconds", 0.0) + record["eval_seconds"]
       worked_cost += cost(key)
       pending.remove(key)
     rows.extend(_rows(key, results, record, run_dir))
@@ -303,6 +320,31 @@ def run_study(request: StudyRequest) -> dict[str, Any] | None:
     print(f"wrote study.json, study.csv, study.md, study.png and curves.png to "
           f"{request.output_dir or request.workdir}", file=sys.stderr, flush=True)
   return study
+
+
+def _train_and_evaluate(request: StudyRequest, key: RunKey, run_dir: epath.Path,
+                        results: dict[str, Any] | None, record: dict[str, Any],
+                        steps_per_epoch: int) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Trains the run (or resumes it) and evaluates it; (results.json, study_run.json)."""
+  if results is None or "final" not in results:
+    began = time.time()
+    results = train.train_and_evaluate(
+        run_config(request.config, key, steps_per_epoch=steps_per_epoch,
+                   curve_examples=request.curve_examples), str(run_dir))
+    if "final" not in results:
+      raise interruption.Interrupted(
+          f"the training of {key.describe()} stopped at its newest checkpoint in {run_dir}; "
+          "run the same command again to resume")
+    record["train_seconds"] = time.time() - began
+  began = time.time()
+  with interruption.raising_on_signals(f"the evaluation of {key.describe()}",
+                                       "its training is saved, the evaluation was not"):
+    record["evaluation"] = autoattack_evaluation(str(run_dir), request.autoattack_examples,
+                                                 request.apgd_steps)
+  record["eval_seconds"] = time.time() - began
+  if jax.process_index() == 0:
+    reporting.write_json(run_dir / RUN_RECORD, record)
+  return results, record
 
 
 def parse_list(text: str, kind: type, flag: str) -> tuple[Any, ...]:
