@@ -291,7 +291,8 @@ def test_a_study_refuses_finished_runs_of_another_recipe(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase,signal_number", [
-    ("the final evaluation", signal.SIGTERM), ("the evaluation of", signal.SIGINT),
+    ("the evaluation of", signal.SIGINT),
+    pytest.param("the final evaluation", signal.SIGTERM, marks=pytest.mark.full),
     pytest.param("the final evaluation", signal.SIGINT, marks=pytest.mark.full),
     pytest.param("the evaluation of", signal.SIGTERM, marks=pytest.mark.full)])
 def test_a_signal_stops_a_study_in_its_evaluations_and_it_exits_non_zero(tmp_path, phase,
