@@ -24,6 +24,7 @@ flags.DEFINE_string("compare_to", None,
                     "A study.json of the same recipe (python -m act_jax.study) whose numbers are "
                     "printed beside the final table, e.g. docs/study/fashion_mnist/study.json.")
 distributed.define_flag()
+flags.adopt_module_key_flags(distributed)  # listed by --help with the command's own
 
 
 def main(argv: list[str]) -> None:

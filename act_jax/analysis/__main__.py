@@ -29,6 +29,7 @@ flags.DEFINE_integer("num_examples", 1000,
 flags.DEFINE_integer("seed", 0, "Seed of every random direction, draw and attack start.")
 flags.DEFINE_string("output", None, "Where the results go (default: the workdir or study).")
 distributed.define_flag()
+flags.adopt_module_key_flags(distributed)  # listed by --help with the command's own
 
 
 def analyse_study(study_dir: str, request: runner.AnalysisRequest, output: str | None) -> None:

@@ -38,6 +38,7 @@ flags.DEFINE_integer("autoattack_examples", 1000,
 flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and of APGD-T per target.")
 flags.DEFINE_string("output_dir", None, "Where the tables and the plot go (default: --workdir).")
 distributed.define_flag()
+flags.adopt_module_key_flags(distributed)  # listed by --help with the command's own
 
 
 def main(argv: list[str]) -> None:
