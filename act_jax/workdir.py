@@ -105,11 +105,20 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str,
   return changes
 
 
-def create(workdir: str, config: ml_collections.ConfigDict) -> epath.Path:
-  """Creates the workdir if needed and records the config the run continues with."""
+def make_directory(workdir: str) -> epath.Path:
+  """Creates the workdir if needed (the first thing a run writes, before its lock)."""
   path = epath.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise WorkdirError(f"--workdir={workdir} cannot be created: {error}") from None
+  return path
+
+
+def create(workdir: str, config: ml_collections.ConfigDict) -> epath.Path:
+  """Creates the workdir if needed and records the config the run continues with."""
+  path = make_directory(workdir)
+  try:
     (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
   except OSError as error:
     raise WorkdirError(f"--workdir={workdir} cannot be written: {error}") from None

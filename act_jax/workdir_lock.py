@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from act_jax.errors import UserError
-from act_jax.workdir import WorkdirError
+from act_jax.workdir import make_directory
 
 LOCK_FILE = "run.lock"
 _HELD_HERE: set[str] = set()  # lock paths this process holds
@@ -128,14 +128,6 @@ def release(path: str | None) -> None:
       os.remove(path)
 
 
-def _create_workdir(workdir: str) -> None:
-  if "://" not in workdir:
-    try:
-      os.makedirs(workdir, exist_ok=True)
-    except OSError as error:
-      raise WorkdirError(f"--workdir={workdir} cannot be created: {error}") from None
-
-
 @contextlib.contextmanager
 def held(workdir: str) -> Iterator[None]:
   """Holds the workdir's lock for the block, creating the workdir. In a multi-process run
@@ -144,7 +136,7 @@ def held(workdir: str) -> Iterator[None]:
   path, refusal = None, None
   if jax.process_index() == 0:
     try:
-      _create_workdir(workdir)
+      make_directory(workdir)
       path = acquire(workdir)
     except UserError as error:
       refusal = error
