@@ -34,6 +34,6 @@ setuptools.setup(
         # ImageNet (tf.data) and a first read of CIFAR; Fashion-MNIST and cached CIFAR need none.
         "tfds": TFDS_EXTRA,
         "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6", *TFDS_EXTRA],
-        "torch": ["torch==2.13.0"],  # the CPU build; benchmarks/ and the parity test
+        "torch": ["torch==2.13.0", "safetensors>=0.4"],  # CPU build; benchmarks/, parity, export
     },
 )

@@ -37,9 +37,10 @@ LAYERS = (
     ("tools", ("act_jax.evaluate", "act_jax.evaluate.cli", "act_jax.study",
                "act_jax.study.runner", "act_jax.study.report", "act_jax.pytorch",
                "act_jax.pytorch.", "act_jax.analysis", "act_jax.analysis.runner",
-               "act_jax.analysis.report")),
+               "act_jax.analysis.report", "act_jax.export", "act_jax.export.cli")),
     ("command lines", ("act_jax.main", "act_jax.prepare_data", "act_jax.evaluate.__main__",
-                       "act_jax.study.__main__", "act_jax.analysis.__main__")),
+                       "act_jax.study.__main__", "act_jax.analysis.__main__",
+                       "act_jax.export.__main__")),
 )
 
 

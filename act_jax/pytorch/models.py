@@ -15,6 +15,7 @@ statistics after a train-mode pass differ, by that factor on the new term; conve
 stored values unchanged, and the parity test compares the update with the factor applied.
 """
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -229,16 +230,98 @@ class ResNet50ImageNet(ResNetBase):
     init_weights(self)
 
 
+class ResNet34Cifar(CifarResNet):
+  """ResNet-34 with the CIFAR stem (the "resnet34_cifar" of act_jax.models)."""
+
+  def __init__(self, num_classes: int, width: int = 64, in_channels: int = 3):
+    super().__init__(BasicBlock, (3, 4, 6, 3), num_classes, width, in_channels)
+
+
+class ResNet50Cifar(CifarResNet):
+  """ResNet-50 (v1.5 bottlenecks, last BN scale one) with the CIFAR stem ("resnet50_cifar")."""
+
+  def __init__(self, num_classes: int, width: int = 64, in_channels: int = 3):
+    super().__init__(Bottleneck, (3, 4, 6, 3), num_classes, width, in_channels)
+
+
+class PreActBlock(nn.Module):
+  """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the input, or plus a strided 1x1 conv of the
+  pre-activated input where the width changes (act_jax.models.wide_resnet.PreActBlock, TRADES).
+  """
+
+  def __init__(self, in_channels: int, features: int, stride: int):
+    super().__init__()
+    self.bn1, self.conv1 = batch_norm(in_channels), conv(in_channels, features, 3, stride)
+    self.bn2, self.conv2 = batch_norm(features), conv(features, features, 3, 1)
+    # act_jax tests the widths only: where they agree the stride is always 1.
+    self.shortcut = conv(in_channels, features, 1, stride) if in_channels != features else None
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    pre = F.relu(self.bn1(x))
+    y = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+    return (x if self.shortcut is None else self.shortcut(pre)) + y
+
+  def flax_layout(self) -> dict[str, nn.Module]:
+    layout = {"BatchNorm_0": self.bn1, "Conv_0": self.conv1, "BatchNorm_1": self.bn2,
+              "Conv_1": self.conv2}
+    if self.shortcut is not None:
+      layout["Conv_2"] = self.shortcut
+    return layout
+
+
+class WideResNet(nn.Module):
+  """act_jax.models.wide_resnet.WideResNet: conv3x3(w), three stages of (depth - 4) / 6
+  pre-activation blocks at widths wk, 2wk, 4wk, BN-ReLU, global average pool, linear.
+
+  `width` is the stem width (16 in the paper) that the widen factor k multiplies.
+  """
+
+  def __init__(self, num_classes: int, width: int = 16, depth: int = 28, widen_factor: int = 10,
+               in_channels: int = 3):
+    super().__init__()
+    self.stem_conv = conv(in_channels, width, 3, 1)
+    blocks, channels = [], width
+    for stage in range(3):
+      for index in range((depth - 4) // 6):
+        stride = 2 if stage > 0 and index == 0 else 1
+        features = width * widen_factor * 2**stage
+        blocks.append(PreActBlock(channels, features, stride))
+        channels = features
+    self.blocks = nn.Sequential(*blocks)
+    self.final_bn = batch_norm(channels)
+    self.head = nn.Linear(channels, num_classes)
+    init_weights(self)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.blocks(self.stem_conv(x))
+    return self.head(F.relu(self.final_bn(x)).mean(dim=(2, 3))).float()
+
+  def flax_layout(self) -> dict[str, nn.Module]:
+    layout = {"Conv_0": self.stem_conv, "BatchNorm_0": self.final_bn, "Dense_0": self.head}
+    for index, block in enumerate(self.blocks):
+      layout.update(prefixed(f"PreActBlock_{index}", block.flax_layout()))
+    return layout
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "resnet18_cifar": ResNet18Cifar,
+    "resnet34_cifar": ResNet34Cifar,
+    "resnet50_cifar": ResNet50Cifar,
+    "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
+    "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
     "resnet50_imagenet": ResNet50ImageNet,
 }
 
 
 def build_model(name: str, *, num_classes: int, base_width: int | None = None,
                 **kwargs: Any) -> nn.Module:
-  """The torch model of act_jax's `build_model(name, ...)`, for the names both define."""
+  """The torch model of act_jax's `build_model(name, ...)`: every name act_jax defines.
+
+  `kwargs` go to the model's constructor: `in_channels` (default 3; 1 for Fashion-MNIST),
+  `image_size` for small_cnn (which sizes its dense layer at construction), `depth` and
+  `widen_factor` for the WRNs (tests build shallow ones).
+  """
   if name not in MODELS:
     raise ValueError(f"no torch model {name!r}; available: {', '.join(MODELS)}")
   width = {} if base_width is None else {"width": base_width}
