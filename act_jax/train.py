@@ -330,6 +330,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   guard, checkpoint = FiniteGuard(log, manager), DelayedCheckpoint(manager, rng, log, state)
   preemption = Preemption()
   with _closing(manager, preemption, log):
+    if (0 < step < exp.total_steps and every(step, config.train.eval_every_steps)
+        and not any(e["step"] == step for e in log.results["evaluations"])):
+      # A run stopped at an evaluation step saves its checkpoint before that evaluation: do it
+      # now, or the learning curve would miss that point for good.
+      log.evaluation(evaluate(state, step, "periodic"))
     while step < exp.total_steps:
       state, metrics = train_step(state, *data.step_inputs(step), rng)
       step += 1

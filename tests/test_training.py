@@ -22,6 +22,7 @@ def final_logits(workdir, images):
 
 def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_path,
                                                            monkeypatch):
+  tiny_config.train.eval_every_steps = 4  # the preemption comes at an evaluation step
   uninterrupted = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
   interrupted_dir = str(tmp_path / "b")
   # A preemption notice at step 4, as SIGTERM raises it. Step 4 is not a checkpoint step
@@ -36,6 +37,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_pat
   strip = lambda log: [{k: v for k, v in e.items() if k != "images_per_second"} for e in log]
   assert strip(resumed["train_log"]) == strip(uninterrupted["train_log"])
   assert [e["step"] for e in resumed["train_log"]] == [2, 4, 6, 8]
+  # The evaluation due at the step the run stopped at is made when it resumes, not lost.
+  periodic = lambda results: [(e["step"], e["accuracy"]) for e in results["evaluations"]
+                              if e["kind"] == "periodic"]
+  assert periodic(partial) == [] and periodic(uninterrupted)[0][0] == 4
+  assert periodic(resumed) == periodic(uninterrupted)
   images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
   for which, logits in final_logits(str(tmp_path / "a"), images).items():
     np.testing.assert_array_equal(logits, final_logits(interrupted_dir, images)[which])
