@@ -16,7 +16,7 @@ from act_jax import parallel
 from act_jax.attacks import specs
 from act_jax.data import catalog, pipeline
 from act_jax.evaluate import cli, sanity
-from act_jax.evaluate.evaluator import Evaluator
+from act_jax.evaluate.evaluator import Evaluator, attack_key
 
 from helpers import HAS_REAL_FASHION_MNIST, REAL_FASHION_MNIST_DIR, REPO, make_tiny_config
 
@@ -45,7 +45,8 @@ def test_cli_end_to_end(trained_workdir, tmp_path):
       [sys.executable, "-m", "act_jax.evaluate", f"--workdir={trained_workdir}",
        f"--output={output}",
        f"--attacks={CLI_ATTACKS}", "--eps=0.1", "--eps-l2=1.0", "--num-examples=24",
-       "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2", "--apgd-steps=10"],
+       "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2", "--apgd-steps=10", "--fab-steps=5",
+       "--square-queries=100"],
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
       timeout=1200)
   assert result.returncode == 0, result.stderr[-5000:]
@@ -61,6 +62,9 @@ def test_cli_end_to_end(trained_workdir, tmp_path):
     assert all(0.0 <= value <= 1.0 for value in accuracy.values())
     assert accuracy["worst_case"] == min(accuracy.values())  # an AND is below every member
     assert accuracy["autoattack"] <= min(accuracy["apgd-ce"], accuracy["apgd-t"])
+    stages = results["cascade_stages"][model]["autoattack"]
+    assert [s["attack"] for s in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert stages[-1]["accuracy"] == accuracy["autoattack"]
   sweep = results["eps_sweep"]
   assert sweep["eps"] == [0.0, 0.05, 0.1, 0.2] and sweep["attack"] == "pgd20"
   checks = {(c["check"], c["model"]): c for c in results["sanity_checks"]}
@@ -71,6 +75,7 @@ def test_cli_end_to_end(trained_workdir, tmp_path):
   with open(results["plot"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "| natural |" in result.stdout and "worst case" in result.stdout
+  assert "| natural | AutoAttack | Square |" in result.stdout
 
 
 def test_cli_rejects_a_bad_attack_name_naming_the_valid_ones(trained_workdir):
@@ -143,7 +148,8 @@ def eval_data(images, labels, batch_size=16, supports_subsets=True):
 def suite(names, linear_problem, eps=0.1, data=None):
   images, labels, models = linear_problem
   mesh = parallel.make_mesh(jax.devices()[:1])
-  settings = specs.AttackSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0, apgd_steps=5)
+  settings = specs.AttackSettings(eps=eps, eps_l2=0.5, pgd_travel=2.0, apgd_steps=5,
+                                  fab_steps=5, square_queries=50)
   evaluator = Evaluator(linear_apply, mesh, specs.parse_names(",".join(names)), settings)
   result = evaluator(parallel.replicate(models, mesh), data or eval_data(images, labels),
                      jax.random.PRNGKey(3))
@@ -156,10 +162,10 @@ def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
   result, settings = suite(names, linear_problem)
   for name in models:
     logits_fn = functools.partial(linear_apply, models[name])
-    rng = jax.random.PRNGKey(3)  # attack i, then the example's index, as the evaluator keys
+    rng = jax.random.PRNGKey(3)  # the attack's name, then the example's index, as the evaluator
     correct = np.array(jnp.argmax(logits_fn(images), -1) == labels)
-    for attack_index, attack in enumerate(("fgsm", "pgd3")):
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, attack_index),
+    for attack in ("fgsm", "pgd3"):
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(attack_key(rng, attack),
                                                      jnp.arange(len(labels)))
       adversarial = specs.parse(attack).build(settings)(logits_fn, images, labels, keys)
       survived = np.asarray(jnp.argmax(logits_fn(adversarial), -1) == labels)
@@ -172,7 +178,7 @@ def test_worst_case_is_the_per_example_and_over_attacks(linear_problem):
 def test_transfer_crafts_on_the_other_model_only(linear_problem):
   images, labels, models = linear_problem
   result, settings = suite(("transfer",), linear_problem)
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(jax.random.PRNGKey(3), 0),
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(attack_key(jax.random.PRNGKey(3), "transfer"),
                                                  jnp.arange(len(labels)))
   for target, source in (("first", "second"), ("second", "first")):
     crafted = specs.parse("pgd20").build(settings)(
@@ -185,20 +191,32 @@ def test_transfer_crafts_on_the_other_model_only(linear_problem):
     assert white_box.accuracy[name]["pgd20"] <= result.accuracy[name]["transfer"]
 
 
-def test_autoattack_cascade_gives_the_per_example_and_of_running_everything(linear_problem):
-  """AutoAttack's members attack only the still-robust examples, in smaller batches, and give
-  exactly the AND that running every member on every example gives (streamed data)."""
+@pytest.mark.parametrize("cascade", ["autoattack", "apgd-ce+apgd-t"])
+def test_a_cascade_gives_the_per_example_and_of_running_everything(linear_problem, cascade):
+  """A cascade's members attack only the still-robust examples, in smaller batches, and give
+  exactly the AND that running every member on every example gives (streamed data); each
+  stage's accuracy is the AND of clean and the members up to it."""
   images, labels, _ = linear_problem
-  names = ("pgd3", "autoattack")
+  members = specs.parse(cascade).members
+  names = ("pgd3", cascade)
   cascaded, _ = suite(names, linear_problem, eps=0.2, data=eval_data(images, labels, 4))
   everything, _ = suite(names, linear_problem, eps=0.2,
                         data=eval_data(images, labels, 4, supports_subsets=False))
   assert cascaded.accuracy == everything.accuracy
+  assert cascaded.stages == everything.stages
+  alone, _ = suite(("clean", *members), linear_problem, eps=0.2)
   for model in cascaded.accuracy:
-    assert everything.attacked[model]["apgd-t"] == len(labels)
-    assert cascaded.attacked[model]["apgd-ce"] == round(
+    assert everything.attacked[model][members[-1]] == len(labels)
+    assert cascaded.attacked[model][members[0]] == round(
         cascaded.accuracy[model]["clean"] * len(labels))
-    assert cascaded.attacked[model]["apgd-t"] < cascaded.attacked[model]["apgd-ce"]
+    assert cascaded.attacked[model][members[1]] < cascaded.attacked[model][members[0]]
+    stages = cascaded.stages[model][cascade]
+    assert [stage["attack"] for stage in stages] == list(members)
+    assert stages[-1]["accuracy"] == cascaded.accuracy[model][cascade]
+    accuracies = [stage["accuracy"] for stage in stages]
+    assert accuracies == sorted(accuracies, reverse=True)
+    # Each member's keys do not depend on its position: alone, it breaks the same examples.
+    assert stages[0]["accuracy"] == pytest.approx(alone.accuracy[model][members[0]])
 
 
 def test_sanity_checks_flag_each_failure():

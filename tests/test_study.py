@@ -28,7 +28,7 @@ def study_command(idx_dir, workdir, *extra: str) -> list[str]:
   return [sys.executable, "-m", "act_jax.study", "--config=configs/fashion_mnist.py",
           f"--workdir={workdir}", "--methods=natural,pgd_at", "--seeds=0",
           f"--epochs={','.join(map(str, BUDGETS))}", "--autoattack_examples=16",
-          "--apgd_steps=2", "--curve_examples=32",
+          "--apgd_steps=2", "--fab_steps=2", "--square_queries=20", "--curve_examples=32",
           f"--config.dataset.fashion_mnist_dir={idx_dir}", "--config.model.base_width=4",
           "--config.train.batch_size=16", f"--config.optim.learning_rate={PEAK_LR}",
           "--config.train.checkpoint_every_steps=10", "--config.train.log_every_steps=1",
@@ -64,6 +64,11 @@ def study(tmp_path_factory):
   interrupted = json.loads((workdir / INTERRUPTED_RUN / "results.json").read_text())
   second = subprocess.run(study_command(idx_dir, workdir), cwd=REPO, env=environment,
                           capture_output=True, text=True, timeout=900)
+  # The 2-epoch runs evaluated again with another cascade: nothing trains, nothing is lost.
+  recascade = subprocess.run(study_command(idx_dir, workdir, "--cascade=apgd-ce+apgd-t",
+                                           "--epochs=2", f"--output_dir={root / 'recascade'}"),
+                             cwd=REPO, env=environment, capture_output=True, text=True,
+                             timeout=600)
   report_only = subprocess.run(study_command(idx_dir, workdir, "--report_only", "--seeds=0,1",
                                              f"--output_dir={root / 'report'}"),
                                cwd=REPO, env=environment, capture_output=True, text=True,
@@ -71,7 +76,7 @@ def study(tmp_path_factory):
   return {"workdir": workdir, "root": root, "first": first_output,
           "first_code": first.returncode, "partial": partial, "interrupted": interrupted,
           "second": second.stdout + second.stderr, "second_code": second.returncode,
-          "report_only": report_only}
+          "recascade": recascade, "report_only": report_only}
 
 
 def results(study, run: str) -> dict:
@@ -141,10 +146,30 @@ def test_the_study_writes_its_tables_json_and_plots(study):
       (2, "natural training"), (2, "PGD-AT"), (4, "natural training"), (4, "PGD-AT")]
   table = (workdir / "study.md").read_text()
   assert "| 4 | PGD-AT | 1 |" in table and "±" not in table.split("\n")[2]  # one seed
+  assert "AutoAttack (%), first 16" in table
+  record = json.loads((workdir / INTERRUPTED_RUN / "study_run.json").read_text())
+  stages = record["evaluation"]["cascade_stages"]["robust"]["autoattack"]
+  assert [stage["attack"] for stage in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  assert stages[-1]["accuracy"] == record["evaluation"]["accuracy"]["robust"]["autoattack"]
   assert "Partial" not in table
   assert len((workdir / "study.csv").read_text().strip().splitlines()) == 5
   for plot in ("study.png", "curves.png"):
     assert (workdir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_another_cascade_evaluates_again_without_training_and_keeps_the_earlier(study):
+  result = study["recascade"]
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  for number, method in enumerate(("natural", "pgd_at"), start=1):
+    assert (f"[run {number}/2] {method}, 2 epochs, seed 0: evaluating again (--cascade "
+            "(autoattack -> apgd-ce+apgd-t))") in result.stdout
+  assert "Resuming" not in result.stdout + result.stderr
+  record = json.loads((study["workdir"] / "pgd_at" / "epochs2" / "seed0" /
+                       "study_run.json").read_text())
+  assert record["evaluation"]["cascade"] == "apgd-ce+apgd-t"
+  assert [e["cascade"] for e in record["earlier_evaluations"]] == ["autoattack"]
+  table = (study["root"] / "recascade" / "study.md").read_text()
+  assert "APGD-CE + APGD-T (%), first 16" in table
 
 
 def test_report_only_trains_nothing_and_marks_what_is_missing(study):
@@ -155,4 +180,9 @@ def test_report_only_trains_nothing_and_marks_what_is_missing(study):
   report = json.loads((study["root"] / "report" / "study.json").read_text())
   assert not report["meta"]["complete"] and len(report["meta"]["missing_runs"]) == 4
   assert len(report["runs"]) == 4
-  assert "Partial: 4 runs" in (study["root"] / "report" / "study.md").read_text()
+  table = (study["root"] / "report" / "study.md").read_text()
+  assert "Partial: 4 runs" in table
+  # The 2-epoch runs keep the cascade they were last evaluated with, and say so.
+  assert ("[run 1/8] natural, 2 epochs, seed 0: reported with its earlier evaluation "
+          "(--cascade (apgd-ce+apgd-t -> autoattack))") in result.stdout
+  assert "(APGD-CE + APGD-T) |" in table and "(AutoAttack) |" in table

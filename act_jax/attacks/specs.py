@@ -14,16 +14,25 @@ from typing import Any
 import jax
 
 from act_jax.attacks.apgd_attack import apgd, apgd_targeted
+from act_jax.attacks.fab_attack import fab_targeted
 from act_jax.attacks.fgsm_attack import fgsm
 from act_jax.attacks.pgd_attack import pgd
+from act_jax.attacks.square_attack import square
 
 # attack(logits_fn, images, labels, example_rngs) -> adversarial images
 Attack = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
 
 APGD_STEPS = 100
+FAB_STEPS = 100
+SQUARE_QUERIES = 5000
 TRANSFER_STEPS = 20
 NUM_APGD_TARGETS = 9
-PATTERNS = ("pgd<K>", "pgd<K>-l2", "pgd<K>-targeted", "pgd<K>-ll", "cw<K>")
+NUM_FAB_TARGETS = 9
+# The standard AutoAttack (Croce & Hein 2020), as RobustBench runs it: each member attacks the
+# examples that the ones before it left robust.
+STANDARD_AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t", "square")
+PATTERNS = ("pgd<K>", "pgd<K>-l2", "pgd<K>-targeted", "pgd<K>-ll", "cw<K>",
+            "<attack>+<attack>[+...] (a cascade, e.g. apgd-ce+apgd-t)")
 _STEPPED = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>[1-9][0-9]*)(?P<variant>-l2|-targeted|-ll)?$")
 _TARGETS = {"-targeted": "random", "-ll": "least_likely"}
 
@@ -53,6 +62,8 @@ class AttackSettings:
   pgd_travel: float = DEFAULT_PGD_TRAVEL
   restarts: int = 1
   apgd_steps: int = APGD_STEPS
+  fab_steps: int = FAB_STEPS
+  square_queries: int = SQUARE_QUERIES
   unroll: bool = False
 
   def pgd_step(self, eps: float, num_steps: int) -> float:
@@ -64,7 +75,9 @@ class AttackSpec:
   """What one attack name means.
 
   kind: "clean" (no attack), "fgsm", "pgd" (any loss, norm or target), "apgd", "apgd-t",
-    "transfer" (PGD crafted on another model) or "composite" (the per-example AND of `members`).
+    "fab-t", "square", "transfer" (PGD crafted on another model) or "composite" (a cascade: the
+    per-example AND of clean and `members`, each member attacking what the ones before left
+    robust).
   """
   name: str
   kind: str
@@ -76,16 +89,19 @@ class AttackSpec:
 
   @property
   def title(self) -> str:
-    """How tables name the attack, e.g. "PGD-20", "APGD-T", "AutoAttack (APGD-CE + APGD-T)"."""
+    """How tables name the attack, e.g. "PGD-20", "APGD-T", "AutoAttack", "APGD-CE + APGD-T"."""
+    if self.name == "autoattack":
+      return "AutoAttack"
     if self.kind == "composite":
-      return "AutoAttack (" + " + ".join(parse(m).title for m in self.members) + ")"
+      return " + ".join(parse(m).title for m in self.members)
     if self.kind == "pgd":
       prefix = "CW" if self.loss == "cw_margin" else "PGD"
       suffix = {"l2": " L2"}.get(self.norm, "") + {"random": " targeted",
                                                    "least_likely": " least-likely"}.get(
                                                        self.target, "")
       return f"{prefix}-{self.num_steps}{suffix}"
-    return {"clean": "clean", "fgsm": "FGSM", "apgd-t": "APGD-T",
+    return {"clean": "clean", "fgsm": "FGSM", "apgd-t": "APGD-T", "fab-t": "FAB-T",
+            "square": "Square",
             "transfer": f"transfer (PGD-{self.num_steps} from the other model)"}.get(
                 self.kind, self.name.upper())
 
@@ -105,6 +121,11 @@ class AttackSpec:
     if self.kind == "apgd-t":
       return functools.partial(apgd_targeted, eps=eps, num_steps=settings.apgd_steps,
                                num_target_classes=NUM_APGD_TARGETS, **common)
+    if self.kind == "fab-t":
+      return functools.partial(fab_targeted, eps=eps, num_steps=settings.fab_steps,
+                               num_target_classes=NUM_FAB_TARGETS, **common)
+    if self.kind == "square":
+      return functools.partial(square, eps=eps, num_queries=settings.square_queries, **common)
     if self.kind in ("pgd", "transfer"):
       radius = settings.eps_l2 if self.norm == "l2" else eps
       return functools.partial(pgd, eps=radius, norm=self.norm, loss=self.loss,
@@ -120,11 +141,19 @@ class AttackSpec:
     if self.kind == "fgsm":
       return f"FGSM, L-inf {eps}"
     if self.kind == "composite":
-      return (f"per-example AND of {', '.join(self.members)} (AutoAttack's gradient-based "
-              "part)")
+      what = ("the standard AutoAttack" if self.members == STANDARD_AUTOATTACK
+              else "a cascade")
+      return (f"{what}: per-example AND of clean, {', '.join(self.members)}, each attacking "
+              "the examples the ones before left robust")
     if self.kind == "transfer":
       return (f"PGD-{self.num_steps} crafted on the run's other model, L-inf {eps} "
               "(black-box transfer)")
+    if self.kind == "fab-t":
+      return (f"FAB-T ({NUM_FAB_TARGETS} target classes), {settings.fab_steps} steps, L-inf "
+              f"{eps}, {settings.restarts} restart(s), alpha_max 0.1, eta 1.05, beta 0.9")
+    if self.kind == "square":
+      return (f"Square, {settings.square_queries} queries, L-inf {eps}, p_init 0.8, margin "
+              f"loss, {settings.restarts} restart(s)")
     if self.kind in ("apgd", "apgd-t"):
       kind = {"ce": "APGD-CE", "dlr": "APGD-DLR"}.get(self.loss) if self.kind == "apgd" else (
           f"APGD-T (targeted DLR, {NUM_APGD_TARGETS} target classes)")
@@ -146,10 +175,9 @@ _FIXED = {
     "apgd-ce": AttackSpec("apgd-ce", "apgd", loss="ce"),
     "apgd-dlr": AttackSpec("apgd-dlr", "apgd", loss="dlr"),
     "apgd-t": AttackSpec("apgd-t", "apgd-t", loss="targeted_dlr"),
-    # AutoAttack's "standard" composite is APGD-CE, APGD-T, FAB-T and Square; FAB-T and Square
-    # are not implemented here, so "autoattack" is the per-example AND of its two
-    # gradient-based members.
-    "autoattack": AttackSpec("autoattack", "composite", members=("apgd-ce", "apgd-t")),
+    "fab-t": AttackSpec("fab-t", "fab-t"),
+    "square": AttackSpec("square", "square", loss="margin"),
+    "autoattack": AttackSpec("autoattack", "composite", members=STANDARD_AUTOATTACK),
     "transfer": AttackSpec("transfer", "transfer", num_steps=TRANSFER_STEPS),
 }
 
@@ -163,6 +191,8 @@ def parse(name: str) -> AttackSpec:
   name = name.strip().lower()
   if name in _FIXED:
     return _FIXED[name]
+  if "+" in name:
+    return _cascade(name)
   match = _STEPPED.match(name)
   if match is None or (match["kind"] == "cw" and match["variant"]):
     raise ValueError(f"unknown attack {name!r}; valid: {valid_names_message()}")
@@ -170,6 +200,20 @@ def parse(name: str) -> AttackSpec:
                     norm="l2" if match["variant"] == "-l2" else "linf",
                     loss="cw_margin" if match["kind"] == "cw" else "ce",
                     target=_TARGETS.get(match["variant"]))
+
+
+def _cascade(name: str) -> AttackSpec:
+  """"a+b+c": the cascade of single white-box attacks, in the order given."""
+  members = tuple(part.strip() for part in name.split("+"))
+  for member in members:
+    if not member:
+      raise ValueError(f"attack {name!r} has an empty member; valid: {valid_names_message()}")
+    if not parse(member).is_white_box:
+      raise ValueError(f"attack {name!r}: {member!r} cannot be a member of a cascade; members "
+                       "are single white-box attacks")
+  if len(set(members)) != len(members):
+    raise ValueError(f"attack {name!r} names a member twice")
+  return AttackSpec("+".join(members), "composite", members=members)
 
 
 def parse_names(text: str) -> tuple[AttackSpec, ...]:

@@ -46,7 +46,12 @@ flags.DEFINE_float("pgd-travel", None,
                    "the run's eval PGD, config.eval.step_size * num_steps / eps).")
 flags.DEFINE_integer("apgd-steps", attack_specs.APGD_STEPS,
                      "Iterations of APGD-CE/DLR and of APGD-T per target (AutoAttack: 100).")
-flags.DEFINE_integer("restarts", 1, "Random restarts of PGD and APGD (per-example worst case).")
+flags.DEFINE_integer("fab-steps", attack_specs.FAB_STEPS,
+                     "Iterations of FAB-T per target (AutoAttack: 100).")
+flags.DEFINE_integer("square-queries", attack_specs.SQUARE_QUERIES,
+                     "Queries of the Square attack (AutoAttack: 5000).")
+flags.DEFINE_integer("restarts", 1, "Restarts of every attack (per-example worst case; "
+                     "AutoAttack: 1).")
 flags.DEFINE_integer("num-examples", None, "Evaluate the first N examples (default: all).")
 flags.DEFINE_enum("split", "test", ("test", "validation"),
                   "test, or the run's validation hold-out (dataset.validation_examples).")
@@ -82,6 +87,8 @@ class EvaluationRequest:
   pgd_travel: float | None = None
   restarts: int = 1
   apgd_steps: int = attack_specs.APGD_STEPS
+  fab_steps: int = attack_specs.FAB_STEPS
+  square_queries: int = attack_specs.SQUARE_QUERIES
   num_examples: int | None = None
   split: str = "test"
   batch_size: int | None = None
@@ -124,6 +131,8 @@ def _check(request: EvaluationRequest
   if request.step is not None and request.step < 0:
     raise UsageError(f"--step={request.step}: must be >= 0 (a checkpoint's step)")
   for flag, value in (("--restarts", request.restarts), ("--apgd-steps", request.apgd_steps),
+                      ("--fab-steps", request.fab_steps),
+                      ("--square-queries", request.square_queries),
                       ("--num-examples", request.num_examples),
                       ("--batch-size", request.batch_size)):
     if value is not None and value < 1:
@@ -175,6 +184,8 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
   settings = attack_specs.AttackSettings(eps=eps, eps_l2=request.eps_l2, pgd_travel=travel,
                                          restarts=request.restarts,
                                          apgd_steps=request.apgd_steps,
+                                         fab_steps=request.fab_steps,
+                                         square_queries=request.square_queries,
                                          unroll=parallel.unrolls_attack_loops(mesh))
   batch_size = request.batch_size or config.eval.batch_size
   if batch_size % mesh.size or batch_size % jax.process_count():
@@ -211,9 +222,11 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
       "checkpoint_step": run.step, "split": request.split, "num_examples": main.num_examples,
       "examples_attacked": main.attacked, "eps": eps, "eps_l2": request.eps_l2,
       "pgd_travel": travel, "restarts": request.restarts, "apgd_steps": request.apgd_steps,
+      "fab_steps": request.fab_steps, "square_queries": request.square_queries,
       "seed": request.seed,
       "attacks": {spec.name: spec.describe(settings) for spec in attacks},
-      "accuracy": main.accuracy, "eps_sweep": sweep, "large_eps": large_eps,
+      "accuracy": main.accuracy, "cascade_stages": main.stages, "eps_sweep": sweep,
+      "large_eps": large_eps,
       "sanity_checks": [dataclasses.asdict(check) for check in checks],
       "all_sanity_checks_passed": all(check.passed for check in checks),
       "plot": str(plot) if plot else None,
@@ -225,6 +238,8 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
     if plot:
       report.plot_eps_sweep(sweep, plot, eps=eps)
     print("\n" + report.accuracy_table(main.accuracy, eps=eps), flush=True)
+    if any(main.stages.values()):
+      print("\n" + report.stages_table(main.stages), flush=True)
     print(f"\n{main.num_examples} {request.split} examples, checkpoint step {run.step}; "
           f"results in {output}"
           + (f", curve in {plot}" if plot else ""), flush=True)
@@ -311,7 +326,9 @@ def main(argv: list[str]) -> None:
   evaluate_run(EvaluationRequest(
       workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
       eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
-      apgd_steps=_flag("apgd-steps"), num_examples=_flag("num-examples"), split=_flag("split"),
+      apgd_steps=_flag("apgd-steps"), fab_steps=_flag("fab-steps"),
+      square_queries=_flag("square-queries"), num_examples=_flag("num-examples"),
+      split=_flag("split"),
       batch_size=_flag("batch-size"), eps_sweep=eps_sweep, sweep_attack=_flag("sweep-attack"),
       large_eps=_flag("large-eps"), large_eps_max_accuracy=_flag("large-eps-max-accuracy"),
       models=_flag("models"), step=_flag("step"), output=_flag("output"), seed=_flag("seed")))

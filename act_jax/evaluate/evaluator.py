@@ -7,16 +7,18 @@ any run (and any other JAX classifier) are evaluated alike. Each attack is one c
 per-device function (`jax.shard_map` inside `jax.jit`, as training runs) that attacks its shard
 and returns per-example correctness; the host keeps one boolean per example and attack.
 
-Composites ("autoattack") run as AutoAttack does: each member attacks only the examples that
-are still classified correctly (on clean inputs and under the members before it), which gives
-the same per-example AND at a fraction of the cost. That needs data that can serve any subset
-of its examples (the in-memory datasets); streamed data (ImageNet) runs every member on every
-example instead, with the same result.
+Cascades ("autoattack": APGD-CE, APGD-T, FAB-T, Square; or any "a+b+...") run as AutoAttack
+does: each member attacks only the examples that are still classified correctly (on clean
+inputs and under the members before it), which gives the same per-example AND at a fraction of
+the cost, and the robust accuracy after each stage is reported. That needs data that can serve
+any subset of its examples (the in-memory datasets); streamed data (ImageNet) runs every member
+on every example instead, with the same result.
 """
 
 import contextlib
 import dataclasses
 import functools
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,11 +43,23 @@ class EvalResult:
   """Accuracy (fraction of the evaluated examples) per model and attack.
 
   `attacked[model][attack]` counts the examples each attack ran on: all of them, except for
-  the members of a composite, which attack only the examples still correct.
+  the members of a cascade, which attack only the examples still correct.
+  `stages[model][cascade]` lists, per member in order, the examples it attacked and the robust
+  accuracy after it (the cascade's accuracy is the last stage's).
   """
   accuracy: dict[str, dict[str, float]]
   num_examples: int
   attacked: dict[str, dict[str, int]]
+  stages: dict[str, dict[str, list[dict[str, Any]]]] = dataclasses.field(default_factory=dict)
+
+
+def attack_key(rng: jax.Array, name: str) -> jax.Array:
+  """The key of the attack called `name`: the same wherever the attack sits in a suite.
+
+  Derived from the name, not from a position, so that "pgd20" draws the same random starts in
+  the main suite, in the eps sweep and alone.
+  """
+  return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def attack_correctness(target: Any, source: Any, key: jax.Array, batch: Mapping[str, jax.Array],
@@ -102,9 +116,6 @@ class Evaluator:
         if member_spec.is_white_box and member_spec not in members:
           members.append(member_spec)
     self._members = tuple(members)
-    # White-box attack i is keyed fold_in(rng, i), transfer with the next index.
-    self._key_index = {spec.name: index for index, spec in enumerate(members)}
-    self._key_index["transfer"] = len(members)
     self._compiled: dict[str, Callable] = {}
 
   @property
@@ -146,7 +157,7 @@ class Evaluator:
       outputs = {}
       for model, name, spec in runs:
         source = variables[model_names[(model_names.index(model) + 1) % len(model_names)]]
-        key = jax.random.fold_in(rng, self._key_index.get(spec.name, 0))
+        key = attack_key(rng, spec.name)
         outputs[(model, name)] = self._correctness_fn(spec)(variables[model], source, key,
                                                             sharded)
       fetched = parallel.fetch_sharded({"outputs": outputs, "mask": sharded["mask"],
@@ -172,6 +183,7 @@ class Evaluator:
     n = data.num_examples
     correct = {model: {} for model in variables}
     attacked = {model: {} for model in variables}
+    stages = {model: {} for model in variables}
     for model in variables:
       for spec in first_pass:
         correct[model][spec.name] = np.zeros(n, bool)
@@ -184,21 +196,24 @@ class Evaluator:
     for composite in composites:
       for model in variables:
         alive = correct[model]["clean"].copy()
+        stages[model][composite.name] = []
         for member in composite.members:
-          if member in correct[model]:  # ran on every example already
-            alive &= correct[model][member]
-            continue
           survivors = np.flatnonzero(alive)
-          result = np.zeros(n, bool)
-          key = f"{composite.name}:{member}"
-          correct[model][key] = result
-          attacked[model][member] = len(survivors)
-          if len(survivors):
-            with progress(f"{model}: {member} on {len(survivors)} still-robust examples",
-                          len(survivors)) as bar:
-              self._run([(model, key, attack_specs.parse(member))], variables, data,
-                        data.example_indices[survivors], rng, correct, bar)
+          if member in correct[model]:  # ran on every example already
+            result = correct[model][member]
+          else:
+            result = np.zeros(n, bool)
+            key = f"{composite.name}:{member}"
+            correct[model][key] = result
+            attacked[model][member] = len(survivors)
+            if len(survivors):
+              with progress(f"{model}: {member} on {len(survivors)} still-robust examples",
+                            len(survivors)) as bar:
+                self._run([(model, key, attack_specs.parse(member))], variables, data,
+                          data.example_indices[survivors], rng, correct, bar)
           alive &= result
+          stages[model][composite.name].append(
+              {"attack": member, "attacked": len(survivors), "accuracy": float(np.mean(alive))})
         correct[model][composite.name] = alive
 
     accuracy = {}
@@ -208,7 +223,7 @@ class Evaluator:
             np.logical_and, [correct[model]["clean"]]
             + [correct[model][s.name] for s in self.attacks])
       accuracy[model] = {name: float(np.mean(correct[model][name])) for name in self.names}
-    return EvalResult(accuracy=accuracy, num_examples=n, attacked=attacked)
+    return EvalResult(accuracy=accuracy, num_examples=n, attacked=attacked, stages=stages)
 
 
 def training_settings(eval_config: Any, *, unroll: bool) -> attack_specs.AttackSettings:

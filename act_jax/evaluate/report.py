@@ -26,6 +26,19 @@ def accuracy_table(accuracy: Mapping[str, Mapping[str, float]], *, eps: float,
   return "\n".join(lines)
 
 
+def stages_table(stages: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]) -> str:
+  """Per model and cascade: each stage's attack, the examples it attacked and the robust
+  accuracy after it, so a reader sees which attack found what."""
+  lines = ["| model | cascade | stage | examples attacked | robust accuracy after it (%) |",
+           "|---|---|---|---|---|"]
+  for model, cascades in stages.items():
+    for cascade, rows in cascades.items():
+      for row in rows:
+        lines.append(f"| {model} | {column_title(cascade)} | {column_title(row['attack'])} | "
+                     f"{row['attacked']} | {100 * row['accuracy']:.2f} |")
+  return "\n".join(lines)
+
+
 def plot_eps_sweep(sweep: Mapping[str, Any], path: epath.PathLike, *, eps: float) -> None:
   """Robust accuracy against eps for each model, with the evaluation eps marked; a PNG."""
   import matplotlib  # only the command line draws

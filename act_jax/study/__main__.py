@@ -34,8 +34,14 @@ flags.DEFINE_integer("curve_examples", 2000,
 flags.DEFINE_bool("report_only", False,
                   "Train nothing: write the tables and plots from the finished runs of the grid.")
 flags.DEFINE_integer("autoattack_examples", 1000,
-                     "AutoAttack (APGD-CE + APGD-T) runs on the first N test examples.")
+                     "The cascade (--cascade) runs on the first N test examples.")
+flags.DEFINE_string("cascade", "autoattack",
+                    "The robust-accuracy cascade: autoattack (the standard AutoAttack: APGD-CE, "
+                    "APGD-T, FAB-T, Square) or members joined by +, e.g. apgd-ce+apgd-t. A "
+                    "trained run evaluated otherwise is evaluated again, not retrained.")
 flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and of APGD-T per target.")
+flags.DEFINE_integer("fab_steps", 100, "Iterations of FAB-T per target.")
+flags.DEFINE_integer("square_queries", 5000, "Queries of the Square attack.")
 flags.DEFINE_string("output_dir", None, "Where the tables and the plot go (default: --workdir).")
 distributed.define_flag()
 flags.adopt_module_key_flags(distributed)  # listed by --help with the command's own
@@ -56,7 +62,8 @@ def main(argv: list[str]) -> None:
       epochs=runner.parse_list(FLAGS.epochs or "", int, "--epochs"),
       curve_examples=FLAGS.curve_examples, report_only=FLAGS.report_only,
       autoattack_examples=FLAGS.autoattack_examples, apgd_steps=FLAGS.apgd_steps,
-      output_dir=FLAGS.output_dir,
+      fab_steps=FLAGS.fab_steps, square_queries=FLAGS.square_queries,
+      cascade=FLAGS.cascade, output_dir=FLAGS.output_dir,
       command=" ".join(["python -m act_jax.study", *map(shlex.quote, sys.argv[1:])]))
   runner.run_study(request)
 

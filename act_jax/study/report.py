@@ -10,14 +10,20 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from act_jax.attacks import specs as attack_specs
+
 METHOD_TITLES = {"natural": "natural training", "pgd_at": "PGD-AT", "trades": "TRADES",
                  "act": "ACT"}
-# (row key, column title); accuracies are fractions in the rows and % in the tables.
+# (row key, column title); accuracies are fractions in the rows and % in the tables. The
+# "autoattack" key holds the accuracy under the run's cascade, which `cascade` names: the
+# standard AutoAttack, or (in records made before FAB-T and Square existed here) its
+# gradient-based part, LEGACY_CASCADE.
 METRICS = (("clean", "clean"), ("pgd20", "PGD-20"), ("autoattack", "AutoAttack"),
            ("worst_case", "worst case"))
-CSV_FIELDS = ("method", "model", "epochs", "seed", "clean", "pgd20", "autoattack", "worst_case",
-              "clean_examples", "autoattack_examples", "train_seconds", "eval_seconds",
-              "workdir")
+LEGACY_CASCADE = "apgd-ce+apgd-t"
+CSV_FIELDS = ("method", "model", "epochs", "seed", "clean", "pgd20", "autoattack", "cascade",
+              "worst_case", "clean_examples", "autoattack_examples", "train_seconds",
+              "eval_seconds", "workdir")
 # Fields that may differ between a study's runs and the run compared against them: what the
 # study varies, and what does not change the training (cadences of logging, checkpoints and
 # the learning curve's evaluations).
@@ -32,6 +38,17 @@ def title(method: str, model: str) -> str:
   return f"{name} ({model})" if method == "act" else name
 
 
+def cascade_title(cascade: str) -> str:
+  """"AutoAttack" for the standard cascade, "APGD-CE + APGD-T" for its gradient-based part."""
+  return attack_specs.parse(cascade).title
+
+
+def cascades_title(entries: Sequence[Mapping[str, Any]]) -> str:
+  """The title of the cascade all `entries` used, or "AutoAttack or part" when they differ."""
+  names = {entry.get("cascade", LEGACY_CASCADE) for entry in entries}
+  return cascade_title(names.pop()) if len(names) == 1 else "AutoAttack or its part"
+
+
 def _seeds(count: int) -> str:
   return f"{count} seed{'s' if count > 1 else ''}"
 
@@ -43,14 +60,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """Per (epochs, method, model), budgets ascending, methods in the order first seen: the mean
-  and sample std of every metric over the seeds."""
-  groups: dict[tuple[int, str, str], list[Mapping[str, Any]]] = {}
+  """Per (epochs, method, model, cascade), budgets ascending, methods in the order first seen:
+  the mean and sample std of every metric over the seeds. Runs evaluated with different
+  cascades are never averaged together."""
+  groups: dict[tuple[int, str, str, str], list[Mapping[str, Any]]] = {}
   for row in rows:
-    groups.setdefault((row["epochs"], row["method"], row["model"]), []).append(row)
+    groups.setdefault((row["epochs"], row["method"], row["model"],
+                       row.get("cascade", LEGACY_CASCADE)), []).append(row)
   summary = []
-  for (epochs, method, model), members in sorted(groups.items(), key=lambda item: item[0][0]):
-    entry = {"epochs": epochs, "method": method, "model": model,
+  for (epochs, method, model, cascade), members in sorted(groups.items(),
+                                                          key=lambda item: item[0][0]):
+    entry = {"epochs": epochs, "method": method, "model": model, "cascade": cascade,
              "title": title(method, model), "seeds": sorted(r["seed"] for r in members)}
     for key, _ in METRICS:
       entry[key] = _mean_std([r[key] for r in members])
@@ -66,20 +86,34 @@ def _cell(mean_std: Sequence[float], count: int) -> str:
 
 def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
                    autoattack_examples: int, clean_examples: int, missing: int = 0) -> str:
-  """One row per (budget, method, model): accuracies in %, mean ± std over seeds."""
+  """One row per (budget, method, model): accuracies in %, mean ± std over seeds.
+
+  The cascade's column is titled by the cascade the runs used; where runs used different ones,
+  each cell names its own.
+  """
+  column = cascades_title(summary)
+  mixed = column == "AutoAttack or its part"
   header = (f"| epochs | method (L-inf eps={eps:.4g}) | seeds | clean (%) | PGD-20 (%) | "
-            f"AutoAttack (%), first {autoattack_examples} | worst case (%), first "
+            f"{column} (%), first {autoattack_examples} | worst case (%), first "
             f"{autoattack_examples} |")
   lines = [header, "|---|---|---|---|---|---|---|"]
   for entry in summary:
     count = len(entry["seeds"])
     cells = [_cell(entry[key], count) for key, _ in METRICS]
+    if mixed:
+      cells[2] += f" ({cascade_title(entry['cascade'])})"
     lines.append(f"| {entry['epochs']} | {entry['title']} | {count} | " + " | ".join(cells)
                  + " |")
   lines.append("")
+  used = sorted({entry["cascade"] for entry in summary})
   lines.append(f"Mean ± sample std over seeds (one seed: its value). Clean and PGD-20 on "
-               f"{clean_examples} test examples; AutoAttack is the per-example AND of clean, "
-               "APGD-CE and APGD-T, and the worst case adds PGD-20.")
+               f"{clean_examples} test examples; "
+               + "; ".join(f"{cascade_title(c)} is the per-example AND of clean, "
+                           + ", ".join(attack_specs.parse(c).title
+                                       for c in attack_specs.parse(c).members)
+                           + " (each attacking what the ones before left robust)"
+                           for c in used)
+               + "; the worst case adds PGD-20.")
   if missing:
     lines.append(f"Partial: {missing} run{'s' if missing > 1 else ''} of the study not "
                  "finished yet.")
@@ -118,8 +152,9 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[s
                   path: epath.PathLike, *, eps: float) -> None:
   """Robust against clean accuracy, one small point per run and a large marker per mean.
 
-  One row of panels per budget: PGD-20 on the whole test split, and AutoAttack (APGD-CE +
-  APGD-T) on its subset, against clean accuracy; up and to the right is better.
+  One row of panels per budget: PGD-20 on the whole test split, and the runs' cascade
+  (AutoAttack, or its gradient-based part for older records) on its subset, against clean
+  accuracy; up and to the right is better.
   """
   pyplot = _pyplot()
   budgets = sorted({e["epochs"] for e in summary})
@@ -127,7 +162,8 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[s
                                    squeeze=False)
   colours = _colours(summary)
   for budget, row_panels in zip(budgets, panels, strict=True):
-    for panel, (key, name) in zip(row_panels, (("pgd20", "PGD-20"), ("autoattack", "AutoAttack")),
+    cascade = cascades_title([e for e in summary if e["epochs"] == budget])
+    for panel, (key, name) in zip(row_panels, (("pgd20", "PGD-20"), ("autoattack", cascade)),
                                   strict=True):
       for entry in (e for e in summary if e["epochs"] == budget):
         colour = colours[(entry["method"], entry["model"])]
@@ -234,8 +270,9 @@ def comparison_lines(study_path: str, config: ml_collections.ConfigDict) -> list
   for entry in study["summary"]:
     if entry.get("epochs", config.train.epochs) != config.train.epochs:
       continue
+    cascade = cascade_title(entry.get("cascade", LEGACY_CASCADE))
     lines.append(f"  {entry['title']:<18} clean {100 * entry['clean'][0]:.2f} ± "
                  f"{100 * entry['clean'][1]:.2f}, PGD-20 {100 * entry['pgd20'][0]:.2f} ± "
-                 f"{100 * entry['pgd20'][1]:.2f}, AutoAttack {100 * entry['autoattack'][0]:.2f}"
+                 f"{100 * entry['pgd20'][1]:.2f}, {cascade} {100 * entry['autoattack'][0]:.2f}"
                  f" ± {100 * entry['autoattack'][1]:.2f}")
   return lines

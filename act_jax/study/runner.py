@@ -8,9 +8,11 @@ skipped and an interrupted one resumes from its checkpoints when the study is ru
 
 Each run evaluates clean and PGD-20 accuracy on the first `curve_examples` test examples every
 epoch: its learning curve, for reporting only (nothing is chosen on it). Clean and PGD-20
-accuracy come from each run's final evaluation on the whole test split; the study adds
-AutoAttack's APGD-CE and APGD-T on the first `autoattack_examples` test examples, cascaded as
-AutoAttack does (each attack only on the examples still robust). The tables and plots are
+accuracy come from each run's final evaluation on the whole test split; the study adds a
+cascade (default: the standard AutoAttack, APGD-CE, APGD-T, FAB-T and Square, each attack only
+on the examples still robust) on the first `autoattack_examples` test examples. A trained run
+whose evaluation used other settings is evaluated again, not retrained, and its record names
+the cascade each number came from. The tables and plots are
 rewritten after every finished run, marked partial until the whole grid is done.
 """
 
@@ -53,6 +55,9 @@ class StudyRequest:
   epochs: tuple[int, ...] = ()  # training budgets; empty: the recipe's train.epochs
   autoattack_examples: int = 1000
   apgd_steps: int = attack_specs.APGD_STEPS
+  fab_steps: int = attack_specs.FAB_STEPS
+  square_queries: int = attack_specs.SQUARE_QUERIES
+  cascade: str = "autoattack"
   curve_examples: int = 2000  # 0: no learning curves
   output_dir: str | None = None
   command: str = ""
@@ -101,9 +106,17 @@ def check(request: StudyRequest) -> None:
     raise StudyError(f"config.eval.num_steps = {request.config.eval.num_steps}: the study "
                      f"reports PGD-{STUDY_PGD_STEPS}")
   for flag, value in (("--autoattack_examples", request.autoattack_examples),
-                      ("--apgd_steps", request.apgd_steps)):
+                      ("--apgd_steps", request.apgd_steps), ("--fab_steps", request.fab_steps),
+                      ("--square_queries", request.square_queries)):
     if value < 1:
       raise StudyError(f"{flag}={value}: must be >= 1")
+  try:
+    cascade = attack_specs.parse(request.cascade)
+  except ValueError as error:
+    raise StudyError(f"--cascade={request.cascade}: {error}") from None
+  if cascade.kind != "composite":
+    raise StudyError(f"--cascade={request.cascade}: must be a cascade: autoattack or "
+                     "members joined by +, e.g. apgd-ce+apgd-t")
   if request.curve_examples < 0:
     raise StudyError(f"--curve_examples={request.curve_examples}: must be >= 0 (0: no curves)")
 
@@ -127,42 +140,69 @@ def run_config(base: ml_collections.ConfigDict, key: RunKey, *, steps_per_epoch:
   return config
 
 
-def autoattack_evaluation(run_dir: str, num_examples: int, apgd_steps: int) -> dict[str, Any]:
-  """Clean, PGD-20 and AutoAttack (APGD-CE + APGD-T, cascaded) on the first test examples."""
+def autoattack_evaluation(run_dir: str, request: StudyRequest) -> dict[str, Any]:
+  """Clean, PGD-20 and the request's cascade (each stage reported) on the first
+  `autoattack_examples` test examples."""
+  cascade = attack_specs.parse(request.cascade).name
   mesh = parallel.make_mesh()
   run = api.load_run(run_dir, devices=list(mesh.devices.flat))
   settings = dataclasses.replace(
       evaluator_lib.training_settings(run.config.eval,
                                       unroll=parallel.unrolls_attack_loops(mesh)),
-      apgd_steps=apgd_steps)
+      apgd_steps=request.apgd_steps, fab_steps=request.fab_steps,
+      square_queries=request.square_queries)
   evaluator = evaluator_lib.Evaluator(eval_mode_apply(run.model.apply), mesh,
-                                      attack_specs.parse_names("pgd20,autoattack"), settings)
-  data = pipeline.eval_data(run.config, split="test", num_examples=num_examples)
+                                      attack_specs.parse_names(f"pgd20,{cascade}"), settings)
+  data = pipeline.eval_data(run.config, split="test", num_examples=request.autoattack_examples)
   result = evaluator({name: state.variables for name, state in run.models.items()}, data,
                      jax.random.PRNGKey(0))
   return {"checkpoint_step": run.step, "num_examples": result.num_examples,
-          "apgd_steps": apgd_steps, "accuracy": result.accuracy,
+          "apgd_steps": request.apgd_steps, "fab_steps": request.fab_steps,
+          "square_queries": request.square_queries, "cascade": cascade,
+          "accuracy": result.accuracy, "cascade_stages": result.stages,
           "examples_attacked": result.attacked, "attacks": evaluator.describe()}
 
 
-def check_recipe(request: StudyRequest, key: RunKey, record: dict[str, Any], *,
-                 steps_per_epoch: int) -> None:
-  """Refuses a run in the study's workdir that was trained or evaluated with another recipe
-  than the one requested: the table would label its numbers with the new one."""
+def evaluation_cascade(evaluation: dict[str, Any]) -> tuple[str, str]:
+  """(the cascade a study evaluation ran, its key in the evaluation's accuracies).
+
+  Records from before the standard AutoAttack existed here name no cascade: theirs was the
+  gradient-based part, APGD-CE + APGD-T, stored under "autoattack".
+  """
+  if "cascade" in evaluation:
+    return evaluation["cascade"], evaluation["cascade"]
+  return report.LEGACY_CASCADE, "autoattack"
+
+
+def evaluation_differences(request: StudyRequest, evaluation: dict[str, Any] | None,
+                           test_size: int) -> list[str]:
+  """How a run's study evaluation differs from the requested one (empty: it is current)."""
+  if evaluation is None:
+    return ["none yet"]
+  differences = []
+  cascade = attack_specs.parse(request.cascade).name
+  if evaluation_cascade(evaluation)[0] != cascade:
+    differences.append(f"--cascade ({evaluation_cascade(evaluation)[0]} -> {cascade})")
+  members = attack_specs.parse(cascade).members
+  for flag, used in (("apgd_steps", "apgd-ce" in members or "apgd-t" in members),
+                     ("fab_steps", "fab-t" in members), ("square_queries", "square" in members)):
+    if used and evaluation.get(flag) != getattr(request, flag):
+      differences.append(f"--{flag} ({evaluation.get(flag)} -> {getattr(request, flag)})")
+  if evaluation["num_examples"] != min(request.autoattack_examples, test_size):
+    differences.append(f"--autoattack_examples ({evaluation['num_examples']} -> "
+                       f"{request.autoattack_examples})")
+  return differences
+
+
+def check_recipe(request: StudyRequest, key: RunKey, *, steps_per_epoch: int) -> None:
+  """Refuses a run in the study's workdir that was trained with another recipe than the one
+  requested: the table would label its numbers with the new one. (Other evaluation settings
+  are not refused: the run is evaluated again.)"""
   run_dir = key.directory(epath.Path(request.workdir))
   expected = run_config(request.config, key, steps_per_epoch=steps_per_epoch,
                         curve_examples=request.curve_examples)
   differences = [f"{field} ({saved!r} -> {new!r})" for field, (saved, new) in
                  workdir_lib.result_differences(str(run_dir), expected).items()]
-  evaluation = record.get("evaluation")
-  if evaluation is not None:
-    if evaluation["apgd_steps"] != request.apgd_steps:
-      differences.append(f"--apgd_steps ({evaluation['apgd_steps']} -> {request.apgd_steps})")
-    evaluated = evaluation["num_examples"]
-    test_size = datasets.dataset_info(expected.dataset).num_test
-    if evaluated != min(request.autoattack_examples, test_size):
-      differences.append(f"--autoattack_examples ({evaluated} -> "
-                         f"{request.autoattack_examples})")
   if differences:
     raise StudyError(f"{run_dir} holds a run of another recipe: {', '.join(differences)}; "
                      "its numbers would be reported as the new recipe's, so nothing was run: "
@@ -207,13 +247,15 @@ def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
           run_dir: epath.Path) -> list[dict[str, Any]]:
   """One row per model of a finished run."""
   final, evaluation = results["final"], record["evaluation"]
+  cascade, cascade_key = evaluation_cascade(evaluation)
   rows = []
   for model in methods.get(key.method).model_names:
     accuracy = evaluation["accuracy"][model]
     rows.append({"method": key.method, "model": model, "epochs": key.epochs, "seed": key.seed,
                  "clean": final["accuracy"][model]["clean"],
                  "pgd20": final["accuracy"][model][f"pgd{STUDY_PGD_STEPS}"],
-                 "autoattack": accuracy["autoattack"], "worst_case": accuracy["worst_case"],
+                 "autoattack": accuracy[cascade_key], "cascade": cascade,
+                 "worst_case": accuracy["worst_case"],
                  "clean_examples": final["num_examples"],
                  "autoattack_examples": evaluation["num_examples"],
                  "train_seconds": record.get("train_seconds"),
@@ -229,8 +271,8 @@ def _finished(run_dir: epath.Path) -> tuple[dict[str, Any] | None, dict[str, Any
           reporting.read_json(record) if record.exists() else {})
 
 
-def _is_done(results: dict[str, Any] | None, record: dict[str, Any]) -> bool:
-  return results is not None and "final" in results and "evaluation" in record
+def _is_trained(results: dict[str, Any] | None) -> bool:
+  return results is not None and "final" in results
 
 
 def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: list[RunKey],
@@ -241,7 +283,9 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
                     "epochs": list(request.budgets), "seeds": list(request.seeds),
                     "config": request.config.to_dict(),
                     "autoattack_examples": request.autoattack_examples,
-                    "apgd_steps": request.apgd_steps, "curve_examples": request.curve_examples,
+                    "apgd_steps": request.apgd_steps, "fab_steps": request.fab_steps,
+                    "square_queries": request.square_queries, "cascade": request.cascade,
+                    "curve_examples": request.curve_examples,
                     "complete": not missing,
                     "missing_runs": [dataclasses.asdict(key) for key in missing],
                     "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
@@ -282,33 +326,52 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
   commit = _commit()  # the code this invocation runs, whatever the checkout becomes meanwhile
   start, worked_seconds, worked_cost = time.time(), 0.0, 0
   finished = {key: _finished(key.directory(workdir)) for key in runs}
-  for key, (results, record) in finished.items():  # before anything trains
+  for key, (results, _) in finished.items():  # before anything trains
     if results is not None:
-      check_recipe(request, key, record, steps_per_epoch=steps_per_epoch)
-  pending = [key for key in runs if not _is_done(*finished[key])]
+      check_recipe(request, key, steps_per_epoch=steps_per_epoch)
+  test_size = datasets.dataset_info(request.config.dataset).num_test
+  stale = {key: evaluation_differences(request, record.get("evaluation"), test_size)
+           for key, (results, record) in finished.items()}
+  is_done = lambda key: _is_trained(finished[key][0]) and not stale[key]
+  pending = [key for key in runs if not is_done(key)]
   rows, missing = [], []
   for number, key in enumerate(runs, start=1):
     run_dir = key.directory(workdir)
     results, record = finished[key]
-    done = _is_done(results, record)
-    remaining = sum(cost(k) for k in pending)
+    done = is_done(key)
+    remaining = sum(cost(k) for k in pending if not _is_trained(finished[k][0]))
     eta = (f", ETA {_format_seconds(remaining * worked_seconds / worked_cost)} for "
            f"{len(pending)} run{'s' if len(pending) > 1 else ''}" if worked_cost and pending
            else "")
-    status = ("finished, skipped" if done else "not finished, left for later" if
-              request.report_only else "training and evaluating")
+    evaluated = "evaluation" in record
+    if done:
+      status = "finished, skipped"
+    elif request.report_only:
+      status = ("reported with its earlier evaluation (" + ", ".join(stale[key]) + ")"
+                if _is_trained(results) and evaluated else "not finished, left for later")
+    elif _is_trained(results):
+      status = ("evaluating again (" + ", ".join(stale[key]) + ")" if evaluated
+                else "trained; evaluating")
+    else:
+      status = "training and evaluating"
     if is_chief:
       print(f"[run {number}/{len(runs)}] {key.describe()}: {status} "
             f"({_format_seconds(time.time() - start)} elapsed{eta})", flush=True)
     if not done and request.report_only:
-      missing.append(key)
+      if _is_trained(results) and evaluated:
+        rows.extend(_rows(key, results, record, run_dir))
+      else:
+        missing.append(key)
       continue
     if not done:
+      began = time.time()
+      trains = not _is_trained(results)
       with workdir_lock.held(str(run_dir)):  # over its training and its evaluation
         results, record = _train_and_evaluate(request, key, run_dir, results, record,
                                               steps_per_epoch)
-      worked_seconds += record.get("train_seconds", 0.0) + record["eval_seconds"]
-      worked_cost += cost(key)
+      if trains:  # the ETA's rate comes from runs that trained
+        worked_seconds += time.time() - began
+        worked_cost += cost(key)
       pending.remove(key)
     rows.extend(_rows(key, results, record, run_dir))
     if not done:  # the tables so far, marked partial, in case the study stops here
@@ -339,8 +402,10 @@ def _train_and_evaluate(request: StudyRequest, key: RunKey, run_dir: epath.Path,
   began = time.time()
   with interruption.raising_on_signals(f"the evaluation of {key.describe()}",
                                        "its training is saved, the evaluation was not"):
-    record["evaluation"] = autoattack_evaluation(str(run_dir), request.autoattack_examples,
-                                                 request.apgd_steps)
+    evaluation = autoattack_evaluation(str(run_dir), request)
+  if "evaluation" in record:  # an earlier evaluation with other settings is kept, not lost
+    record.setdefault("earlier_evaluations", []).append(record["evaluation"])
+  record["evaluation"] = evaluation
   record["eval_seconds"] = time.time() - began
   if jax.process_index() == 0:
     reporting.write_json(run_dir / RUN_RECORD, record)
