@@ -277,13 +277,14 @@ def study(workdir, *flags) -> list[str]:
 
 @pytest.mark.slow
 def test_a_study_refuses_finished_runs_of_another_recipe(tmp_path):
+  """Another training recipe is refused (other evaluation settings are not: the study evaluates
+  the trained runs again, tests/test_study.py)."""
   workdir = tmp_path / "study"
   finished = run(study(workdir))
   assert finished.returncode == 0, finished.stderr[-3000:]
   before = workdir_digest(workdir)
   for flag, named in (("--config.eval.eps=0.2", "eval.eps (0.1 -> 0.2)"),
-                      ("--config.attack.eps=0.2", "attack.eps (0.1 -> 0.2)"),
-                      ("--autoattack_examples=64", "--autoattack_examples (32 -> 64)")):
+                      ("--config.attack.eps=0.2", "attack.eps (0.1 -> 0.2)")):
     assert_one_line_error(run(study(workdir, flag)), "holds a run of another recipe", named,
                           "nothing was run")
     assert workdir_digest(workdir) == before
