@@ -211,13 +211,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def device_description() -> str:
+  """The throughput benchmark's description of the machine, with the JAX device count."""
   import jax
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    cpu = platform.processor() or "CPU"
-  return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, {jax.device_count()} JAX "
+
+  from benchmarks import throughput
+  return (f"{throughput.device_description()}, {jax.device_count()} JAX "
           f"{jax.devices()[0].platform} device(s)")
 
 
