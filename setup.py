@@ -14,7 +14,9 @@ setuptools.setup(
     description="Adversarial Concurrent Training (ACT, BMVC 2020) in JAX/Flax for TPU and GPU",
     long_description=pathlib.Path("README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["act_jax", "act_jax.*"]),
+    # configs: the shipped recipes, importable from anywhere (`from configs import base` in a
+    # config file of one's own) and found by name (`--config=fashion_mnist`).
+    packages=setuptools.find_packages(include=["act_jax", "act_jax.*", "configs"]),
     python_requires=">=3.11",
     install_requires=[
         "absl-py>=2.1",

@@ -6,7 +6,10 @@ Importing the package does not import TensorFlow; only ImageNet (and a first rea
 __version__ = "0.1.0"
 
 
-def load_model(workdir: str, which: str | None = None):
-  """See `act_jax.api.load_model`."""
-  from act_jax import api  # imported here, so that `import act_jax` stays light
-  return api.load_model(workdir, which)
+def __getattr__(name: str):
+  """`act_jax.load_model` is `act_jax.api.load_model`, imported on first use, so that
+  `import act_jax` stays light (and its warnings point at the caller's line)."""
+  if name == "load_model":
+    from act_jax import api
+    return api.load_model
+  raise AttributeError(f"module 'act_jax' has no attribute {name!r}")

@@ -10,7 +10,7 @@ import ml_collections
 
 from act_jax import methods, optimizers
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
-from act_jax.data.catalog import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS
+from act_jax.data.catalog import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS, OWN_DATASETS
 from act_jax.errors import UserError
 from act_jax.models import MODEL_NAMES
 
@@ -71,6 +71,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   """
   _one_of(config.method, "method", methods.METHOD_NAMES)
   _one_of(config.dataset.name, "dataset.name", DATASET_NAMES)
+  if config.dataset.name in OWN_DATASETS and not config.dataset.get("path"):
+    _fail("dataset.path", config.dataset.get("path"),
+          f"dataset.name = {config.dataset.name} reads one's own data from it: "
+          + ("an .npz file" if config.dataset.name == "npz" else "a folder with train/ and test/"))
   _one_of(config.model.name, "model.name", MODEL_NAMES)
   _one_of(config.model.dtype, "model.dtype", DTYPES)
   if config.method == "act":

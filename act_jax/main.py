@@ -1,4 +1,6 @@
-"""Command line: `python -m act_jax.main --config=configs/fashion_mnist.py --workdir=DIR`.
+"""Command line: `python -m act_jax.main --config=fashion_mnist --workdir=DIR`.
+
+`--config` is a shipped recipe's name (configs/<name>.py) or any config file's path.
 
 Any config field can be overridden, e.g. `--config.train.epochs=3 --config.attack.eps=0.05`.
 Running the same command again resumes from the newest checkpoint in DIR. On a TPU pod or a GPU
@@ -9,15 +11,12 @@ XLA_FLAGS=--xla_force_host_platform_device_count=N or JAX_NUM_CPU_DEVICES=N says
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from act_jax import command_line, distributed, parallel, train
 from act_jax.study import report as study_report
 
 FLAGS = flags.FLAGS
-with command_line.flag_errors_in_one_line():
-  config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
-                                  "Path to a config file (configs/*.py).", lock_config=True)
+command_line.define_config_flag("The run's config.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and results.json go.",
                     required=True)
 flags.DEFINE_string("compare_to", None,

@@ -13,10 +13,9 @@ from absl import app, flags, logging
 from act_jax import command_line
 from act_jax.data import catalog
 
-TFDS_DATASETS = tuple(n for n in catalog.DATASET_NAMES if n != "fashion_mnist")
-
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, TFDS_DATASETS, "The dataset to prepare.", required=True)
+flags.DEFINE_enum("dataset", None, catalog.TFDS_DATASETS, "The dataset to prepare.",
+                  required=True)
 flags.DEFINE_string("data_dir", None,
                     "The TFDS data directory runs will read (their dataset.data_dir; default: "
                     "~/tensorflow_datasets); may be gs://...")

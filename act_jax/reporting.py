@@ -19,22 +19,37 @@ from etils import epath
 
 from act_jax import write_failures
 
+# The progress bar redraws at most this often (seconds).
+PROGRESS_REFRESH_S = 1.0
+
 
 class Progress:
-  """A tqdm bar over the run's steps with loss, img/s and tqdm's own ETA."""
+  """A tqdm bar over the run's steps with loss, img/s and tqdm's own ETA.
+
+  The count moves as steps finish (`advance`, as often as the loop learns of one, redrawn at
+  most every `PROGRESS_REFRESH_S`); losses and img/s change with each logged step (`update`).
+  """
 
   def __init__(self, *, total_steps: int, start_step: int, global_batch_size: int, enabled: bool):
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
-                          unit="step", dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
+                          unit="step", dynamic_ncols=True, file=sys.stdout,
+                          mininterval=PROGRESS_REFRESH_S, miniters=1)
     self._batch = global_batch_size
     self._enabled = enabled
+    self._shown = start_step
     self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def advance(self, step: int | None) -> None:
+    """Moves the count to `step` steps done (None, or a step already shown: no change)."""
+    if step is not None and step > self._shown:
+      self._bar.update(step - self._shown)
+      self._shown = step
 
   def update(self, step: int, metrics: Mapping[str, float]) -> float:
     """Advances to `step` (steps done) and returns the images/s since the last update."""
     now = time.perf_counter()
     images_per_second = (step - self._last_step) * self._batch / max(now - self._last_time, 1e-9)
-    self._bar.update(step - self._last_step)
+    self.advance(step)
     losses = {name.replace("/loss", " loss"): f"{value:.3f}" for name, value in metrics.items()
               if name.endswith("/loss")}
     self._bar.set_postfix({**losses, "img/s": f"{images_per_second:.0f}"}, refresh=False)

@@ -23,6 +23,7 @@ from act_jax import (
   experiment,
   interruption,
   parallel,
+  provenance,
   reporting,
   workdir_lock,
   write_failures,
@@ -82,22 +83,43 @@ class FiniteGuard:
 
   `check()` is the loop's only host sync: it fetches the metrics of the steps since the last
   check and raises `NonFiniteError` at the first NaN or infinite loss or gradient, before
-  anything saves that state.
+  anything saves that state. Which steps the devices have finished is asked without waiting
+  (`computed`), for the progress bar: the host runs ahead of the devices, and the bar would
+  otherwise move only at checks, every `train.log_every_steps`.
   """
 
   def __init__(self, log: "RunLog", manager: ocp.CheckpointManager):
     self._log, self._manager = log, manager
     self._unchecked: list[tuple[int, Any]] = []
+    self._computed = 0  # how many of the unchecked steps are known to be computed
     self.checked: list[tuple[int, dict[str, float]]] = []
 
   def add(self, step: int, metrics: Any) -> None:
     self._unchecked.append((step, metrics))
 
+  def computed(self) -> int | None:
+    """The newest unchecked step whose metrics are computed (None: none yet), asked without
+    waiting; the devices run the steps in order, so the ones before it are done too."""
+    while (self._computed < len(self._unchecked)
+           and jax.tree.leaves(self._unchecked[self._computed][1])[0].is_ready()):
+      self._computed += 1
+    return self._unchecked[self._computed - 1][0] if self._computed else None
+
+  def wait(self, progress: reporting.Progress) -> None:
+    """Waits for the unchecked steps one by one, moving `progress` as each finishes: the wait
+    the check makes anyway, in steps (the devices run on meanwhile)."""
+    for step, metrics in self._unchecked[self._computed:]:
+      jax.block_until_ready(metrics)
+      self._computed += 1
+      progress.advance(step)
+
   def check(self) -> None:
+    self.wait(self._log.progress)
     fetched = parallel.fetch_replicated([metrics for _, metrics in self._unchecked])
     steps = [(step, {k: float(v) for k, v in metrics.items()})
              for (step, _), metrics in zip(self._unchecked, fetched, strict=True)]
     self._unchecked.clear()
+    self._computed = 0
     bad = _first_non_finite(steps)
     if bad is not None:
       latest = self._manager.latest_step()
@@ -177,9 +199,12 @@ class RunLog:
                                     "evaluations": [], "train_log": []}
     if self.path.exists():
       previous = reporting.read_json(self.path)
-      for key in ("evaluations", "train_log", "config_changes"):
+      for key in ("evaluations", "train_log", "config_changes", "provenance"):
         self.results[key] = [entry for entry in previous.get(key, [])
                              if entry["step"] <= start_step]
+    # What this invocation computes with, from the step it starts at: a resumed run may have
+    # moved to other code or another machine (results.json from before the record have none).
+    self.results.setdefault("provenance", []).append({"step": start_step, **provenance.record()})
     if self.is_chief and resumed:
       print(f"Resuming from step {start_step} in {workdir}", flush=True)
     if config_changes:
@@ -339,6 +364,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
       state, metrics = train_step(state, *data.step_inputs(step), rng)
       step += 1
       guard.add(step, metrics)
+      log.progress.advance(guard.computed())
       stop = preemption.requested(step)
       last = stop or step == exp.total_steps
       logs = every(step, config.train.log_every_steps) or step == exp.total_steps

@@ -1,8 +1,8 @@
 """A race: the standard AutoAttack in JAX (act-jax) against the same attacks in PyTorch.
 
-    python -m benchmarks.attack_throughput --workdir=RUN --model=robust --num-examples=200
-    python -m benchmarks.attack_throughput --workload=resnet18_cifar --num-examples=16 \
-        --square-queries=100
+    python -m benchmarks.attack_throughput --workdir=RUN --model=robust --num_examples=200
+    python -m benchmarks.attack_throughput --workload=resnet18_cifar --num_examples=16 \
+        --square_queries=100
 
 Same model (the run's, converted to `act_jax.pytorch.models` with the converter that
 `python -m act_jax.export` uses; or, with `--workload`, random weights on random images), same
@@ -11,7 +11,8 @@ torchattacks 3.5.1 (built with the original's settings, `benchmarks.torch_autoat
 example, and then the whole cascade, where each attack runs only on the examples still robust.
 JAX's first call (compiling included) is timed apart from a second, compiled call; a user waits
 for the first. Reports images per second, accuracies side by side, and the whole command's wall
-time; writes JSON and a markdown table to `--output-dir`.
+time; writes `attacks_<architecture>_n<examples>_b<batch>_<platform>.json` and `.md` to
+`--output_dir` (default workdirs/benchmarks).
 
 A random-weight model is no robustness benchmark (nearly nothing survives the first attack), so
 for `--workload` the cascade is skipped and each attack's speed is what is measured.
@@ -32,8 +33,6 @@ import numpy as np
 from benchmarks import reports, torch_autoattack
 from benchmarks.workloads import WORKLOADS
 
-DEFAULT_OUTPUT_DIR = "workdirs/benchmarks"
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.attack_throughput",
@@ -44,20 +43,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help="random weights and random images of this architecture instead")
   parser.add_argument("--model", default=None,
                       help="which model of the run (default: its robust model where it has one)")
-  parser.add_argument("--num-examples", type=int, default=200,
+  parser.add_argument("--num_examples", type=int, default=200,
                       help="the first N test examples (random images for --workload)")
-  parser.add_argument("--batch-size", type=int, default=100, help="per call, both frameworks")
+  parser.add_argument("--batch_size", type=int, default=100, help="per call, both frameworks")
   parser.add_argument("--eps", type=float, default=None,
                       help="L-inf radius (default: the run's eval.eps; 8/255 for --workload)")
   parser.add_argument("--stages", default=",".join(torch_autoattack.STAGES),
                       help="which of AutoAttack's attacks to time one by one")
-  parser.add_argument("--apgd-steps", type=int, default=100)
-  parser.add_argument("--fab-steps", type=int, default=100)
-  parser.add_argument("--square-queries", type=int, default=5000)
-  parser.add_argument("--no-cascade", action="store_true", help="skip the whole cascade")
-  parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
-                      help=f"where the JSON and markdown go (default: {DEFAULT_OUTPUT_DIR})")
-  args = parser.parse_args(argv)
+  parser.add_argument("--apgd_steps", type=int, default=100)
+  parser.add_argument("--fab_steps", type=int, default=100)
+  parser.add_argument("--square_queries", type=int, default=5000)
+  parser.add_argument("--no_cascade", action="store_true", help="skip the whole cascade")
+  parser.add_argument("--output_dir", default=reports.DEFAULT_OUTPUT_DIR,
+                      help=reports.OUTPUT_DIR_HELP)
+  args = reports.parse_flags(parser, argv)
   stages = [s.strip() for s in args.stages.split(",") if s.strip()]
   unknown = [s for s in stages if s not in torch_autoattack.STAGES]
   if unknown or not stages:
@@ -80,6 +79,7 @@ class Problem:
   labels: np.ndarray
   eps: float
   num_classes: int
+  architecture: str  # names the report's files
 
 
 def _torch_model(architecture: str, base_width: int | None, variables: dict[str, Any],
@@ -115,7 +115,7 @@ def load_problem(args: argparse.Namespace) -> Problem:
     torch_model = _torch_model(run.config.model.name, run.config.model.base_width, variables,
                                images.shape[1:], num_classes)
     return Problem(f"{args.workdir} ({which})", eval_mode_apply(run.model.apply), variables,
-                   torch_model, images, labels, eps, num_classes)
+                   torch_model, images, labels, eps, num_classes, run.config.model.name)
   workload = WORKLOADS[args.workload]
   model = models.build_model(workload.model, num_classes=workload.num_classes)
   shape = (args.num_examples, *workload.image_shape)
@@ -127,7 +127,7 @@ def load_problem(args: argparse.Namespace) -> Problem:
                              workload.num_classes)
   return Problem(f"{args.workload} (random weights)", eval_mode_apply(model.apply), variables,
                  torch_model, images, labels, 8 / 255 if args.eps is None else args.eps,
-                 workload.num_classes)
+                 workload.num_classes, args.workload)
 
 
 def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
@@ -168,7 +168,7 @@ def jax_side(problem: Problem, args: argparse.Namespace, names: list[str]) -> di
 
 
 def torch_side(problem: Problem, args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
-  """torchattacks with the original's settings, in batches of --batch-size."""
+  """torchattacks with the original's settings, in batches of --batch_size."""
   import torch
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   attacks = torch_autoattack.standard_attacks(
@@ -250,7 +250,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                          "python": platform.python_version()},
             "rows": rows, "wall_seconds": time.perf_counter() - began}
   table = markdown(report)
-  name = f"attacks_{args.workload or 'run'}_n{len(problem.labels)}_b{args.batch_size}"
+  name = (f"attacks_{problem.architecture}_n{len(problem.labels)}_b{args.batch_size}_"
+          f"{jax.default_backend()}")
   stem = reports.write_report(args.output_dir, name, report, table)
   print(table)
   print(f"\nwrote {stem}.json and {stem}.md", file=sys.stderr)

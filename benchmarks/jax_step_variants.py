@@ -1,6 +1,6 @@
 """Speed-up attempts on the act_jax step, each timed against the step as it ships.
 
-    python -m benchmarks.jax_step_variants --model resnet18_cifar --batch 32 --pgd-steps 10
+    python -m benchmarks.jax_step_variants --model resnet18_cifar --batch 32 --pgd_steps 10
 
 Every variant computes the same step; they differ in how it is compiled or run:
 - `shipped`: what `act_jax.train` runs on one device (attack loop unrolled on CPU, state
@@ -13,7 +13,8 @@ Every variant computes the same step; they differ in how it is compiled or run:
 Each variant runs in its own process, since XLA reads its flags once per process. A second
 table times the step's building blocks in both frameworks (forward, input gradient for one
 attack step, parameter gradient for one training pass) to show where the time goes.
-Writes `<output-dir>/variants_<model>_b<batch>_k<K>_<platform>.{json,md}`.
+Writes `<output_dir>/variants_<model>_b<batch>_k<K>_<platform>.{json,md}` (default output dir
+workdirs/benchmarks).
 """
 
 import argparse
@@ -67,8 +68,8 @@ def run_variant_in_subprocess(variant: str, args: argparse.Namespace) -> dict[st
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
   command = [sys.executable, "-m", "benchmarks.jax_step_variants", "--model", args.model,
              "--batch", str(args.batch),
-             "--pgd-steps", str(args.pgd_steps), "--warmup-steps", str(args.warmup_steps),
-             "--timed-steps", str(args.timed_steps), "--variant", variant]
+             "--pgd_steps", str(args.pgd_steps), "--warmup_steps", str(args.warmup_steps),
+             "--timed_steps", str(args.timed_steps), "--variant", variant]
   result = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
                           cwd=pathlib.Path(__file__).resolve().parents[1])
   if result.returncode != 0:
@@ -182,14 +183,15 @@ def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", required=True, choices=sorted(WORKLOADS))
   parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--pgd-steps", type=int, default=10)
-  parser.add_argument("--warmup-steps", type=int, default=2)
-  parser.add_argument("--timed-steps", type=int, default=3)
+  parser.add_argument("--pgd_steps", type=int, default=10)
+  parser.add_argument("--warmup_steps", type=int, default=2)
+  parser.add_argument("--timed_steps", type=int, default=3)
   parser.add_argument("--variants", default=",".join(VARIANTS),
                       help=f"comma-separated, from {', '.join(VARIANTS)}")
   parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one, in-process
-  parser.add_argument("--output-dir", default=str(pathlib.Path(__file__).parent / "results"))
-  args = parser.parse_args(argv)
+  parser.add_argument("--output_dir", default=reports.DEFAULT_OUTPUT_DIR,
+                      help=reports.OUTPUT_DIR_HELP)
+  args = reports.parse_flags(parser, argv)
   if args.variant:
     print(json.dumps(time_variant(args)))
     return

@@ -1,6 +1,6 @@
 """The real training loop over the real input path, beside the step alone and the input alone.
 
-    python -m benchmarks.loop_throughput --model resnet18_cifar --batch 128 --pgd-steps 10
+    python -m benchmarks.loop_throughput --model resnet18_cifar --batch 128 --pgd_steps 10
 
 - loop: `act_jax.train.train_and_evaluate` on the workload's recipe for `--steps` steps, fed by
   the input path training uses (Fashion-MNIST: the IDX files; CIFAR-shaped: random uint8
@@ -11,14 +11,14 @@
 - input: the input path alone. In memory (Fashion-MNIST and CIFAR): the gather and
   augmentation a step runs on the devices. ImageNet: tf.data's JPEG decode, random resized crop
   and flip on `tfds.testing.mock_data` images, on this host's cores (needs TensorFlow).
-Writes `<output-dir>/loop_<model>_b<batch>_k<K>_<platform>.json` and `.md`.
+Writes `<output_dir>/loop_<model>_b<batch>_k<K>_<platform>.json` and `.md` (default output dir
+workdirs/benchmarks). On CPU, XLA gets one device per core, as training does.
 """
 
 import argparse
 import datetime
 import itertools
 import os
-import pathlib
 import platform
 import sys
 import tempfile
@@ -27,6 +27,7 @@ from typing import Any
 from unittest import mock
 
 from act_jax import parallel
+from benchmarks import reports
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -36,15 +37,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", required=True, choices=sorted(WORKLOADS))
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--pgd-steps", type=int, default=10)
+  parser.add_argument("--pgd_steps", type=int, default=10)
   parser.add_argument("--steps", type=int, default=60, help="training steps the loop takes")
-  parser.add_argument("--log-every", type=int, default=20, help="the loop's logging window")
+  parser.add_argument("--log_every", type=int, default=20, help="the loop's logging window")
   parser.add_argument("--examples", type=int, default=10_000,
                       help="random CIFAR-shaped training examples (CIFAR workloads)")
-  parser.add_argument("--imagenet-batches", type=int, default=10,
+  parser.add_argument("--imagenet_batches", type=int, default=10,
                       help="batches of the tf.data ImageNet pipeline to time (0: skip)")
-  parser.add_argument("--output-dir", default=str(pathlib.Path(__file__).parent / "results"))
-  args = parser.parse_args(argv)
+  parser.add_argument("--output_dir", default=reports.DEFAULT_OUTPUT_DIR,
+                      help=reports.OUTPUT_DIR_HELP)
+  args = reports.parse_flags(parser, argv)
   for name in ("batch", "steps", "log_every", "examples"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -168,7 +170,6 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> dict[str, Any]:
   args = parse_args(argv)
-  from benchmarks import reports
   command = reports.command_line("benchmarks.loop_throughput", argv)  # the user's XLA_FLAGS
   parallel.use_one_cpu_device_per_core([args.batch])
   import jax

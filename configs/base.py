@@ -15,10 +15,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = config_dict.placeholder(str)  # fashion_mnist, cifar10, cifar100, ...
+  config.dataset.name = config_dict.placeholder(str)  # fashion_mnist, cifar10, ..., npz
   config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; may be gs://...
   config.dataset.image_size = config_dict.placeholder(int)  # imagenet2012 only (default 224)
   config.dataset.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
+  # One's own data (docs/own_data.md): the .npz file (name npz) or the folder (image_folder).
+  config.dataset.path = config_dict.placeholder(str)
   # Hold out the last N training examples as a validation split (eval.split = "validation"),
   # for tuning recipes without touching the test split; 0 trains on the whole training split.
   config.dataset.validation_examples = 0

@@ -1,6 +1,7 @@
 """`python -m act_jax.analysis` on a tiny ACT run: every measure, deterministic given its seed,
 the same on 8 devices as on 1, its one-line errors, and a study's table."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,3 +107,26 @@ def test_bad_flags_get_one_line(act_run, tmp_path, flags, fragment):
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert fragment in lines[-1] and len(lines) == 1, result.stderr[-2000:]
   assert not (tmp_path / "analysis.json").exists()
+
+
+def test_a_study_uses_the_committed_analysis_of_a_run_without_checkpoints(act_run, tmp_path):
+  """A checkout holds a study's run records, not their checkpoints: an analysis with the
+  requested settings is reported; a run with none (or stale settings) is listed as absent."""
+  from act_jax.analysis import __main__ as analysis_main
+  from act_jax.analysis import runner
+  request = runner.AnalysisRequest(workdir="", measures=("entropy",), num_examples=8)
+  record_only = tmp_path / "committed" / "act" / "seed0"
+  record_only.mkdir(parents=True)
+  runner.analyse_run(dataclasses.replace(request, workdir=act_run, output=str(record_only)))
+  stale = tmp_path / "committed" / "act" / "seed1"
+  stale.mkdir(parents=True)
+  stale_record = json.loads((record_only / "analysis.json").read_text())
+  stale_record["meta"]["num_examples"] = 16
+  (stale / "analysis.json").write_text(json.dumps(stale_record))
+  study = {"runs": [{"method": "act", "epochs": 1, "seed": seed, "workdir": str(path)}
+                    for seed, path in ((0, record_only), (1, stale))]}
+  (tmp_path / "study.json").write_text(json.dumps(study))
+  analysis_main.analyse_study(str(tmp_path), request, str(tmp_path / "out"))
+  written = json.loads((tmp_path / "out" / "analysis.json").read_text())
+  assert [run["seed"] for run in written["runs"]] == [0]
+  assert written["absent_runs"] == [str(stale)]

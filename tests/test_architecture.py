@@ -18,11 +18,13 @@ PACKAGE = pathlib.Path(REPO) / "act_jax"
 LAYERS = (
     ("foundations", ("act_jax.errors", "act_jax.stderr", "act_jax.parallel", "act_jax.interruption",
                      "act_jax.write_failures",
-                     "act_jax.distributed", "act_jax.reporting", "act_jax.command_line")),
+                     "act_jax.distributed", "act_jax.reporting", "act_jax.command_line",
+                     "act_jax.provenance")),
     ("building blocks", ("act_jax.losses", "act_jax.train_state", "act_jax.optimizers",
                          "act_jax.models", "act_jax.models.", "act_jax.attacks",
                          "act_jax.attacks.", "act_jax.data.catalog",
-                         "act_jax.data.fashion_mnist", "act_jax.data.augmentations",
+                         "act_jax.data.fashion_mnist", "act_jax.data.own_data",
+                         "act_jax.data.augmentations",
                          "act_jax.data.tfds_pipeline", "act_jax.workdir",
                          "act_jax.workdir_lock")),
     ("data", ("act_jax.data", "act_jax.data.datasets", "act_jax.data.in_memory",
@@ -40,7 +42,7 @@ LAYERS = (
                "act_jax.analysis.report", "act_jax.export", "act_jax.export.cli")),
     ("command lines", ("act_jax.main", "act_jax.prepare_data", "act_jax.evaluate.__main__",
                        "act_jax.study.__main__", "act_jax.analysis.__main__",
-                       "act_jax.export.__main__")),
+                       "act_jax.export.__main__", "act_jax.plot_curves")),
 )
 
 

@@ -240,8 +240,8 @@ def test_a_damaged_array_cache_gets_one_line_and_no_workdir(tmp_path, damage):
 def test_evaluating_an_empty_split_is_refused_and_earlier_evaluations_are_kept(tmp_path):
   workdir = tmp_path / "run"
   assert train(workdir, "--config.train.max_steps=2").returncode == 0
-  quick = ("--attacks=clean", "--eps-sweep=", "--large-eps=0.1", "--sweep-attack=fgsm",
-           "--num-examples=32", "--batch-size=32")
+  quick = ("--attacks=clean", "--eps_sweep=", "--large_eps=0.1", "--sweep_attack=fgsm",
+           "--num_examples=32", "--batch_size=32")
   first = run(command(workdir, *quick, module="act_jax.evaluate"))
   assert first.returncode == 0, first.stderr[-3000:]
   [earlier] = glob.glob(str(workdir / "robustness" / "*.json"))

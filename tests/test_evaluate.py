@@ -44,9 +44,9 @@ def test_cli_end_to_end(trained_workdir, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "act_jax.evaluate", f"--workdir={trained_workdir}",
        f"--output={output}",
-       f"--attacks={CLI_ATTACKS}", "--eps=0.1", "--eps-l2=1.0", "--num-examples=24",
-       "--batch-size=8", "--eps-sweep=0,0.05,0.1,0.2", "--apgd-steps=10", "--fab-steps=5",
-       "--square-queries=100"],
+       f"--attacks={CLI_ATTACKS}", "--eps=0.1", "--eps_l2=1.0", "--num_examples=24",
+       "--batch_size=8", "--eps_sweep=0,0.05,0.1,0.2", "--apgd_steps=10", "--fab_steps=5",
+       "--square_queries=100"],
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
       timeout=1200)
   assert result.returncode == 0, result.stderr[-5000:]
@@ -92,7 +92,7 @@ def test_cli_rejects_a_bad_attack_name_naming_the_valid_ones(trained_workdir):
     ("sweep_attack", "autoattack", "single white-box attack"),
     ("eps", -0.1, "--eps=-0.1: must be >= 0"),
     ("restarts", 0, "--restarts=0: must be >= 1"),
-    ("apgd_steps", 0, "--apgd-steps=0: must be >= 1"),
+    ("apgd_steps", 0, "--apgd_steps=0: must be >= 1"),
 ])
 def test_bad_requests_name_the_flag(field, value, message):
   request = cli.EvaluationRequest(workdir="unused", **{field: value})
@@ -117,6 +117,21 @@ def test_the_default_attacks_skip_transfer_for_one_model(trained_workdir):
   request = cli.EvaluationRequest(workdir=trained_workdir, models=("robust",))
   models, attacks = cli._check_against_run(request, api.load_run(trained_workdir), None)
   assert models == ("robust",) and "transfer" not in [a.name for a in attacks]
+
+
+def test_a_failed_sanity_check_is_warned_about_once(trained_workdir, tmp_path, capsys,
+                                                    recwarn):
+  """One line on stderr, not that line and a Python warning of the same failure as well."""
+  request = cli.EvaluationRequest(
+      workdir=trained_workdir, attacks="clean", models=("robust",), num_examples=8,
+      batch_size=8, eps_sweep=[], large_eps=0.0, large_eps_max_accuracy=-1.0,
+      output=str(tmp_path / "robustness.json"), show_progress=False)
+  results = cli.evaluate_run(request)
+  assert not results["all_sanity_checks_passed"]
+  stderr = capsys.readouterr().err
+  assert stderr.count("sanity check failed") == 1, stderr
+  assert "warning: sanity check failed for robust: a large-eps attack" in stderr
+  assert [str(w.message) for w in recwarn if "sanity" in str(w.message)] == []
 
 
 NUM_CLASSES = 4
@@ -183,12 +198,35 @@ def test_transfer_crafts_on_the_other_model_only(linear_problem):
   for target, source in (("first", "second"), ("second", "first")):
     crafted = specs.parse("pgd20").build(settings)(
         functools.partial(linear_apply, models[source]), images, labels, keys)
-    accuracy = float(jnp.mean(jnp.argmax(linear_apply(models[target], crafted), -1) == labels))
-    assert result.accuracy[target]["transfer"] == pytest.approx(accuracy)
+    clean = jnp.argmax(linear_apply(models[target], images), -1) == labels
+    survived = jnp.argmax(linear_apply(models[target], crafted), -1) == labels
+    assert result.accuracy[target]["transfer"] == pytest.approx(float(jnp.mean(clean & survived)))
   white_box, _ = suite(("pgd20",), linear_problem)
   # A white-box attack on the target itself is stronger than the transferred one.
   for name in models:
     assert white_box.accuracy[name]["pgd20"] <= result.accuracy[name]["transfer"]
+
+
+def test_transfer_counts_only_examples_correct_on_clean_inputs(linear_problem):
+  """Crafted on a model whose logits are the target's negated, the transferred perturbation
+  moves the target's misclassified examples towards their labels: measured alone, "robust"
+  accuracy would exceed clean accuracy and raise a false sanity alarm."""
+  images, labels, models = linear_problem
+  mirrored = {"first": models["first"],
+              "second": jax.tree.map(lambda x: -x, models["first"])}
+  result, settings = suite(("transfer",), (images, labels, mirrored), eps=0.3)
+  crafted = specs.parse("pgd20").build(settings)(
+      functools.partial(linear_apply, mirrored["first"]), images, labels,
+      jax.vmap(jax.random.fold_in, (None, 0))(attack_key(jax.random.PRNGKey(3), "transfer"),
+                                              jnp.arange(len(labels))))
+  alone = float(jnp.mean(jnp.argmax(linear_apply(mirrored["second"], crafted), -1) == labels))
+  accuracy = result.accuracy["second"]
+  assert alone > accuracy["clean"] >= accuracy["transfer"]
+  checks = sanity.sanity_checks(result.accuracy, None, None)
+  assert all(check.passed for check in checks), checks
+  # A white-box attack above clean accuracy is still a failed check.
+  broken = {"second": {**accuracy, "pgd20": accuracy["clean"] + 0.1}}
+  assert not sanity.sanity_checks(broken, None, None)[0].passed
 
 
 @pytest.mark.parametrize("cascade", ["autoattack", "apgd-ce+apgd-t"])

@@ -242,8 +242,9 @@ def test_command_errors_are_one_line(trained_workdir, tmp_path):
 
 
 def test_unfinished_runs_are_told_apart(tmp_path):
+  from act_jax import api
   (tmp_path / "results.json").write_text(json.dumps({"total_steps": 8, "train_log": []}))
-  assert export_lib.run_status(str(tmp_path), 3) == (False, 8)
+  assert api.run_status(str(tmp_path), 3) == (False, 8)
   (tmp_path / "results.json").write_text(json.dumps({"total_steps": 8, "final": {}}))
-  assert export_lib.run_status(str(tmp_path), 8) == (True, 8)
-  assert export_lib.run_status(str(tmp_path / "missing"), 8) == (None, None)
+  assert api.run_status(str(tmp_path), 8) == (True, 8)
+  assert api.run_status(str(tmp_path / "missing"), 8) == (None, None)

@@ -125,7 +125,7 @@ manager.wait_until_finished()
   result = run([sys.executable, "-c", f"import act_jax; act_jax.load_model({str(workdir)!r})"])
   assert result.returncode != 0
   assert "checkpoint step 3" in result.stderr and "non-finite weights" in result.stderr
-  evaluation = run(command(workdir, "--attacks=clean", "--eps-sweep=", module="act_jax.evaluate"))
+  evaluation = run(command(workdir, "--attacks=clean", "--eps_sweep=", module="act_jax.evaluate"))
   assert_one_line_error(evaluation, "non-finite weights")
 
 
@@ -160,8 +160,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, damag
   else:
     os.remove(state_dir / "_METADATA")
   intact = logits(workdir)  # load_model falls back to step 3
-  evaluation = run(command(workdir, "--attacks=clean", "--eps-sweep=", "--large-eps=0.1",
-                           "--sweep-attack=fgsm", module="act_jax.evaluate"))
+  evaluation = run(command(workdir, "--attacks=clean", "--eps_sweep=", "--large_eps=0.1",
+                           "--sweep_attack=fgsm", module="act_jax.evaluate"))
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   assert "warning: checkpoint step 6" in evaluation.stderr and "left in place" in evaluation.stderr
   assert "Traceback" not in evaluation.stderr

@@ -254,8 +254,8 @@ def test_evaluate_in_two_processes_equals_one(runs, tmp_path):
     output = tmp_path / f"robustness_{processes}.json"
     finish(launch_module(
         ["act_jax.evaluate", f"--workdir={runs['two_hosts']}", "--attacks=clean,pgd3,apgd-ce",
-         "--num-examples=64", "--batch-size=32", "--apgd-steps=3", "--eps-sweep=0.1",
-         "--sweep-attack=fgsm",
+         "--num_examples=64", "--batch_size=32", "--apgd_steps=3", "--eps_sweep=0.1",
+         "--sweep_attack=fgsm",
          f"--output={output}"], processes=processes, devices_per_process=devices))
     with open(output) as f:
       reports[processes] = json.load(f)

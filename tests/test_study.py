@@ -7,6 +7,8 @@ and writes the table, the CSV, the JSON and both plots.
 
 import json
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +79,17 @@ def study(tmp_path_factory):
           "first_code": first.returncode, "partial": partial, "interrupted": interrupted,
           "second": second.stdout + second.stderr, "second_code": second.returncode,
           "recascade": recascade, "report_only": report_only}
+
+
+def expected_cpu_devices() -> int:
+  """The study's CPU devices: one per core that divides its batches of 16
+  (`parallel.use_one_cpu_device_per_core`), unless the environment chooses a count."""
+  chosen = re.search(r"xla_force_host_platform_device_count=(\d+)",
+                     os.environ.get("XLA_FLAGS", ""))
+  if chosen or os.environ.get("JAX_NUM_CPU_DEVICES"):
+    return int(chosen[1] if chosen else os.environ["JAX_NUM_CPU_DEVICES"])
+  cores = len(os.sched_getaffinity(0))
+  return max(n for n in range(1, cores + 1) if 16 % n == 0)
 
 
 def results(study, run: str) -> dict:
@@ -153,6 +166,19 @@ def test_the_study_writes_its_tables_json_and_plots(study):
   assert stages[-1]["accuracy"] == record["evaluation"]["accuracy"]["robust"]["autoattack"]
   assert "Partial" not in table
   assert len((workdir / "study.csv").read_text().strip().splitlines()) == 5
+  # What the study and each run were computed with; the interrupted run has a record for each
+  # invocation that trained it.
+  record = summary["meta"]["provenance"]
+  assert record["command"] == summary["meta"]["command"] and record["process_count"] == 1
+  if record["backend"] == "cpu":
+    assert record["device_count"] == expected_cpu_devices()
+  assert summary["meta"]["machine"].endswith(f"; {record['device_count']} JAX device(s)")
+  for run in summary["runs"]:
+    run_records = json.loads((pathlib.Path(run["workdir"]) / "results.json").read_text())[
+        "provenance"]
+    assert {r["device_count"] for r in run_records} == {record["device_count"]}
+  resumed_from = [r["step"] for r in results(study, INTERRUPTED_RUN)["provenance"]]
+  assert len(resumed_from) == 2 and resumed_from[0] == 0 < resumed_from[1]
   for plot in ("study.png", "curves.png"):
     assert (workdir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

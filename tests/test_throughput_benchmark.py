@@ -6,14 +6,19 @@ reports and the files it writes.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from benchmarks import throughput, timing
+from benchmarks import reports, throughput, timing
 from benchmarks import timing as timing_lib
 
-TINY = ["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2", "--warmup-steps", "1",
-        "--timed-steps", "2", "--matmul-size", "128"]
+from helpers import REPO
+
+TINY = ["--model", "small_cnn", "--batch", "4", "--pgd_steps", "2", "--warmup_steps", "1",
+        "--timed_steps", "2", "--matmul_size", "128"]
 
 
 def test_time_calls_times_each_timed_call_after_the_warmup():
@@ -45,10 +50,56 @@ def test_bad_flags_are_named(argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
+def default_output_dirs(monkeypatch) -> dict[str, str]:
+  """Each benchmark's output directory when no --output_dir is given, read without running one
+  (jax_step_variants parses its flags inside main: its runs and writes are replaced)."""
+  from benchmarks import attack_throughput, jax_step_variants, loop_throughput
+  written = []
+  monkeypatch.setattr(jax_step_variants, "run_variant_in_subprocess",
+                      lambda variant, args: {"variant": variant, "error": "not run"})
+  monkeypatch.setattr(jax_step_variants, "time_building_blocks", lambda args: [])
+  monkeypatch.setattr(reports, "write_report",
+                      lambda output_dir, *_: written.append(str(output_dir)))
+  jax_step_variants.main(["--model", "small_cnn", "--variants", "shipped"])
+  return {"throughput": throughput.parse_args(["--model", "small_cnn"]).output_dir,
+          "loop_throughput": loop_throughput.parse_args(["--model", "small_cnn"]).output_dir,
+          "attack_throughput": attack_throughput.parse_args(
+              ["--workload", "small_cnn"]).output_dir,
+          "jax_step_variants": written[0]}
+
+
+def test_benchmarks_write_outside_the_committed_results_by_default(monkeypatch):
+  """benchmarks/results holds the tables RESULTS.md cites: a run writes there only when asked."""
+  benchmarks = ("throughput", "loop_throughput", "attack_throughput", "jax_step_variants")
+  assert default_output_dirs(monkeypatch) == dict.fromkeys(benchmarks, "workdirs/benchmarks")
+  assert throughput.parse_args(["--model", "small_cnn", "--output_dir", "benchmarks/results"]
+                               ).output_dir == "benchmarks/results"
+
+
+@pytest.mark.slow
+def test_the_command_runs_one_cpu_device_per_core_and_writes_to_workdirs(tmp_path):
+  """As a command, the benchmark runs JAX as RESULTS.md's CPU tables did, one XLA device per
+  core (as many as divide the batch), and writes under ./workdirs/benchmarks."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.throughput", *TINY, "--settings", "jax_f32"],
+      cwd=tmp_path, env=dict(env, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  cores = len(os.sched_getaffinity(0))
+  devices = max(n for n in range(1, cores + 1) if 4 % n == 0)  # TINY's batch is 4
+  (written,) = (tmp_path / "workdirs" / "benchmarks").glob("*.json")
+  assert written.name == f"small_cnn_b4_k2_cpu_{devices}dev.json"
+  report = json.loads(written.read_text())
+  assert report["meta"]["jax_devices"] == devices
+  assert report["peaks"]["float32"]["flops_per_second"]["jax"] > 0  # on every device at once
+  assert report["meta"]["command"].startswith("python -m benchmarks.throughput --model small_cnn")
+
+
 @pytest.fixture(scope="module")
 def jax_run(tmp_path_factory):
   output_dir = tmp_path_factory.mktemp("throughput")
-  report = throughput.main([*TINY, "--settings", "jax_f32", "--output-dir", str(output_dir)])
+  report = throughput.main([*TINY, "--settings", "jax_f32", "--output_dir", str(output_dir)])
   return report, output_dir
 
 
@@ -98,7 +149,7 @@ def test_forward_flops_match_the_published_figures(model, image_shape, num_class
 
 def test_cuda_only_settings_are_skipped_on_cpu_with_their_reason(tmp_path):
   report = throughput.main([*TINY, "--settings", "jax_f32,torch_graph_f32,torch_eager_bf16",
-                            "--output-dir", str(tmp_path)])
+                            "--output_dir", str(tmp_path)])
   skipped = {row["setting"]: row["skipped"] for row in report["results"] if "skipped" in row}
   assert skipped == {"torch_graph_f32": "CUDA graphs need a CUDA device",
                      "torch_eager_bf16": "bf16 autocast is CUDA-only"}
@@ -109,7 +160,7 @@ def test_torch_and_jax_in_one_run_report_the_speedup_over_the_best_torch(tmp_pat
   """Eager and the whole step under torch.compile; JAX's speed-up is over the faster one."""
   pytest.importorskip("torch", reason="the PyTorch baseline needs torch (the 'torch' extra)")
   report = throughput.main([*TINY, "--settings", "jax_f32,torch_eager_f32,torch_compile_f32",
-                            "--output-dir", str(tmp_path)])
+                            "--output_dir", str(tmp_path)])
   jax_row, *torch_rows = report["results"]
   assert all("error" not in row for row in torch_rows), torch_rows
   best = max(torch_rows, key=lambda row: row["images_per_second"])
@@ -127,10 +178,10 @@ def test_torch_and_jax_in_one_run_report_the_speedup_over_the_best_torch(tmp_pat
 def test_step_variants_each_run_in_their_own_process(tmp_path):
   """The attempts table: every variant must build and time the same step, none may fail."""
   from benchmarks import jax_step_variants
-  jax_step_variants.main(["--model", "small_cnn", "--batch", "4", "--pgd-steps", "2",
-                          "--warmup-steps", "1", "--timed-steps", "1",
+  jax_step_variants.main(["--model", "small_cnn", "--batch", "4", "--pgd_steps", "2",
+                          "--warmup_steps", "1", "--timed_steps", "1",
                           "--variants", "shipped,rolled_attack_loop,no_donation",
-                          "--output-dir", str(tmp_path)])
+                          "--output_dir", str(tmp_path)])
   report = json.loads((tmp_path / "variants_small_cnn_b4_k2_cpu.json").read_text())
   assert [row["variant"] for row in report["variants"]] == [
       "shipped", "rolled_attack_loop", "no_donation"]
@@ -154,3 +205,10 @@ def test_time_window_syncs_once_around_the_timed_steps():
                                   clock=lambda: now[0])
   assert events == ["step", "sync", "step", "sync", "step", "step", "step", "sync"]
   assert timing.first_seconds == 2.0 and timing.step_seconds == (2.0,)
+
+
+def test_benchmark_flags_are_underscored_and_the_old_dashed_spellings_still_read(capsys):
+  args = throughput.parse_args(["--model", "small_cnn", "--pgd-steps", "3", "--timed_steps=4"])
+  assert (args.pgd_steps, args.timed_steps) == (3, 4)
+  notice = capsys.readouterr().err
+  assert "--pgd_steps (for --pgd-steps)" in notice and notice.count("\n") == 1

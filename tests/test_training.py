@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -31,7 +33,15 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_pat
     patch.setattr(train.Preemption, "requested", lambda self, step: step >= 4)
     partial = train.train_and_evaluate(tiny_config, interrupted_dir)
   assert "final" not in partial and partial["train_log"][-1]["step"] == 4
+  assert [record["step"] for record in partial["provenance"]] == [0]
+  # Resumed from a results.json written before the reproducibility record existed.
+  results_path = os.path.join(interrupted_dir, "results.json")
+  with open(results_path) as f:
+    written_before_the_record = {k: v for k, v in json.load(f).items() if k != "provenance"}
+  with open(results_path, "w") as f:
+    json.dump(written_before_the_record, f)
   resumed = train.train_and_evaluate(tiny_config, interrupted_dir)
+  assert [record["step"] for record in resumed["provenance"]] == [4]
 
   assert resumed["final"] == uninterrupted["final"]
   strip = lambda log: [{k: v for k, v in e.items() if k != "images_per_second"} for e in log]
@@ -93,11 +103,23 @@ def test_results_json_and_load_model(tiny_config, tmp_path):
     assert set(accuracy) == {"clean", "pgd2"}  # the config's eval PGD has 2 steps
     assert 0.0 <= accuracy["pgd2"] <= accuracy["clean"] <= 1.0
   assert os.listdir(os.path.join(workdir, "tensorboard"))
+  # What the run was computed with: a run repeats digit for digit only on the same code,
+  # packages, machine kind and device count.
+  [record] = on_disk["provenance"]
+  assert record["step"] == 0 and record["device_count"] == len(jax.devices())
+  assert record["process_count"] == 1 and record["backend"] == jax.default_backend()
+  assert record["device_kind"] == jax.devices()[0].device_kind
+  assert (record["cpu_model"] is not None) == (record["backend"] == "cpu")
+  assert record["packages"]["jax"] == jax.__version__ and all(record["packages"].values())
+  assert record["xla_flags"] == os.environ.get("XLA_FLAGS")
+  assert record["command"].startswith("python ")
+  if os.path.isdir(os.path.join(REPO, ".git")):  # run from a clone
+    assert len(record["git_commit"]) == 40 and isinstance(record["git_dirty"], bool)
   # docs/configs.md documents every key a run writes.
   with open(os.path.join(REPO, "docs", "configs.md")) as f:
     documented = f.read()
-  keys = set(on_disk) | set(final) | {"config_changes", "stopped", "images_per_second",
-                                      "learning_rate"}
+  keys = (set(on_disk) | set(final) | set(on_disk["provenance"][0])
+          | {"config_changes", "stopped", "images_per_second", "learning_rate"})
   assert [key for key in sorted(keys) if f"`{key}`" not in documented] == []
 
   # load_model's clean accuracy on the test split reproduces the run's own evaluation.
@@ -113,6 +135,20 @@ def test_results_json_and_load_model(tiny_config, tmp_path):
     act_jax.load_model(workdir, "teacher")
   np.testing.assert_array_equal(act_jax.load_model(workdir)(batches[0]["image"]),
                                 act_jax.load_model(workdir, "robust")(batches[0]["image"]))
+
+
+def test_the_progress_bar_counts_steps_between_logged_ones(tiny_config, tmp_path, capsys,
+                                                           monkeypatch):
+  """A run shorter than `train.log_every_steps` checks its metrics only at its last step; its bar
+  still shows each step as the devices finish it, not 0/8 until the end."""
+  from act_jax import reporting
+  monkeypatch.setattr(reporting, "PROGRESS_REFRESH_S", 0.0)  # draw every change
+  tiny_config.train.log_every_steps = 50
+  tiny_config.train.checkpoint_every_steps = 50
+  results = train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  assert [entry["step"] for entry in results["train_log"]] == [8]  # one check, at the end
+  counts = {int(count) for count in re.findall(r"(\d+)/8 \[", capsys.readouterr().out)}
+  assert counts & set(range(1, 8)), counts
 
 
 def test_cli_rejects_bad_config_with_one_line(tmp_path):

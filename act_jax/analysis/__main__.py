@@ -40,15 +40,19 @@ def analyse_study(study_dir: str, request: runner.AnalysisRequest, output: str |
     if row["workdir"] in seen:
       continue
     seen.add(row["workdir"])
-    if not (epath.Path(row["workdir"]) / "checkpoints").exists():
-      absent.append(row["workdir"])  # trained elsewhere: its models are not on this machine
-      print(f"skipping {row['workdir']}: no checkpoints there", flush=True)
-      continue
     path = epath.Path(row["workdir"]) / runner.ANALYSIS_FILE
     previous = reporting.read_json(path) if path.exists() else None
     settings = {"num_examples": request.num_examples, "seed": request.seed,
                 "measures": list(request.measures)}
-    if previous is None or any(previous["meta"].get(k) != v for k, v in settings.items()):
+    current = previous is not None and all(previous["meta"].get(k) == v
+                                           for k, v in settings.items())
+    # A current analysis counts without its models (a checkout holds the committed records of
+    # a study's runs, not their checkpoints); anything else needs the models.
+    if not current and not (epath.Path(row["workdir"]) / "checkpoints").exists():
+      absent.append(row["workdir"])  # trained elsewhere: its models are not on this machine
+      print(f"skipping {row['workdir']}: no checkpoints there", flush=True)
+      continue
+    if not current:
       print(f"analysing {row['workdir']}", flush=True)
       previous = runner.analyse_run(dataclasses.replace(request, workdir=row["workdir"]))
     runs.append({"method": row["method"], "epochs": row.get("epochs"), "seed": row["seed"],

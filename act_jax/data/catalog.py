@@ -13,8 +13,17 @@ from act_jax.errors import UserError
 class DatasetDamagedError(UserError, ValueError):
   """A dataset file is truncated, malformed or stale; the message names the file and the fix."""
 
-DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
-IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+
+class DatasetMissingError(UserError, FileNotFoundError):
+  """A dataset's files are not where the config says; the message names the path and the fix."""
+
+
+# The user's own data (`dataset.path`): arrays in an .npz, or images in class folders.
+OWN_DATASETS = ("npz", "image_folder")
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012", *OWN_DATASETS)
+TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")  # prepared once by act_jax.prepare_data
+IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100", *OWN_DATASETS)
+CROP_FLIP_DATASETS = ("cifar10", "cifar100")  # trained with the release's CIFAR augmentation
 EVAL_SPLITS = ("test", "validation")
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}

@@ -3,7 +3,9 @@
 Fashion-MNIST, CIFAR-10 and CIFAR-100 are small (at most ~150 MB of uint8 pixels): they are
 read once into memory and served from there (`in_memory`). Fashion-MNIST is read from its IDX
 files with NumPy alone. CIFAR is read through TFDS once and cached as a `.npz` next to the TFDS
-data, so later runs need no TensorFlow. ImageNet streams through tf.data (`tfds_pipeline`).
+data, so later runs need no TensorFlow. The user's own data (`npz`, `image_folder`) is read by
+`own_data` into memory too, and says itself how many classes and what image shape it has.
+ImageNet streams through tf.data (`tfds_pipeline`).
 
 A run may hold out the last `dataset.validation_examples` training examples as a validation
 split (`eval.split = "validation"`): recipes are tuned on it, never on the test split.
@@ -15,12 +17,13 @@ import os
 import ml_collections
 import numpy as np
 
-from act_jax.data import fashion_mnist
+from act_jax.data import fashion_mnist, own_data
 from act_jax.data.catalog import (
   DATASET_NAMES,
   IMAGE_SHAPES,
   IN_MEMORY_DATASETS,
   NUM_CLASSES,
+  OWN_DATASETS,
   DatasetInfo,
   Split,
   npz_cache_path,
@@ -38,6 +41,14 @@ def _stored_split(name: str, split: str, fashion_mnist_dir: str, data_dir: str |
   return Split(images, labels)
 
 
+def _stored(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
+  """"train" or "test" of an in-memory dataset, whole."""
+  if dataset_config.name in OWN_DATASETS:
+    return own_data.read(dataset_config.name, dataset_config.path).splits[split]
+  return _stored_split(dataset_config.name, split, dataset_config.fashion_mnist_dir,
+                       dataset_config.data_dir)
+
+
 def in_memory_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   """"train" (without the validation hold-out), "validation" (the hold-out) or "test"."""
   name = dataset_config.name
@@ -46,8 +57,8 @@ def in_memory_split(dataset_config: ml_collections.ConfigDict, split: str) -> Sp
                      f"{', '.join(IN_MEMORY_DATASETS)}")
   holdout = dataset_config.validation_examples
   if split == "test":
-    return _stored_split(name, "test", dataset_config.fashion_mnist_dir, dataset_config.data_dir)
-  train = _stored_split(name, "train", dataset_config.fashion_mnist_dir, dataset_config.data_dir)
+    return _stored(dataset_config, "test")
+  train = _stored(dataset_config, "train")
   if holdout >= len(train):
     raise ValueError(f"dataset.validation_examples = {holdout} leaves no training examples "
                      f"(the training split has {len(train)})")
@@ -63,9 +74,14 @@ def dataset_info(dataset_config: ml_collections.ConfigDict) -> DatasetInfo:
   if name not in IN_MEMORY_DATASETS:
     from act_jax.data import tfds_pipeline
     return tfds_pipeline.imagenet_info(dataset_config.data_dir, dataset_config.image_size)
-  return DatasetInfo(name=name, num_classes=NUM_CLASSES[name], image_shape=IMAGE_SHAPES[name],
-                     num_train=len(in_memory_split(dataset_config, "train")),
-                     num_test=len(in_memory_split(dataset_config, "test")))
+  train, test = (in_memory_split(dataset_config, split) for split in ("train", "test"))
+  if name in OWN_DATASETS:
+    num_classes = own_data.read(name, dataset_config.path).num_classes
+    image_shape = tuple(train.images.shape[1:])
+  else:
+    num_classes, image_shape = NUM_CLASSES[name], IMAGE_SHAPES[name]
+  return DatasetInfo(name=name, num_classes=num_classes, image_shape=image_shape,
+                     num_train=len(train), num_test=len(test))
 
 
 def check_available(dataset_config: ml_collections.ConfigDict) -> None:
@@ -77,6 +93,9 @@ def check_available(dataset_config: ml_collections.ConfigDict) -> None:
   name = dataset_config.name
   if name == "fashion_mnist":
     fashion_mnist.check_files(dataset_config.fashion_mnist_dir)
+    return
+  if name in OWN_DATASETS:
+    own_data.check_available(name, dataset_config.path)
     return
   if name in IN_MEMORY_DATASETS and all(
       os.path.exists(npz_cache_path(dataset_config.data_dir, name, split))

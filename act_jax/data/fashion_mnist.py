@@ -10,8 +10,7 @@ import zlib
 
 import numpy as np
 
-from act_jax.data.catalog import DatasetDamagedError
-from act_jax.errors import UserError
+from act_jax.data.catalog import DatasetDamagedError, DatasetMissingError
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
@@ -19,10 +18,6 @@ IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # unsigned bytes (0x08) in 3 and 1 dimens
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
-
-
-class DatasetMissingError(UserError, FileNotFoundError):
-  """A dataset's files are not where the config says; the message names the path and the fix."""
 
 
 def _damaged(path: str, reason: str) -> DatasetDamagedError:

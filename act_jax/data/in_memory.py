@@ -1,9 +1,10 @@
 """Small datasets served from memory: shuffled on the host, gathered and augmented on the devices.
 
-Training: the whole training split lives on every device as uint8. A step's batch is a
-gather of its example indices, a conversion to [0, 1] and (for CIFAR) a random crop and flip,
-compiled into the train step itself; the host computes only the indices. One program per step
-also keeps XLA:CPU from interleaving a separate gather program with the step's collectives on
+Training: the whole training split lives on every device (uint8, or one's own float32 in
+[0, 1]). A step's batch is a gather of its example indices, a conversion to [0, 1] and (for
+CIFAR) a random crop and flip, compiled into the train step itself; the host computes only the
+indices. One program per step also keeps XLA:CPU from interleaving a separate gather program
+with the step's collectives on
 its small thread pool, which deadlocked a 2-device run twice here (an all-reduce rendezvous that
 one device never reached). The order is a pure
 function of (seed, step): epoch e is the permutation drawn from (seed, e), and example i of
@@ -49,7 +50,9 @@ def _device_batch(replicated: tuple[jax.Array, jax.Array, jax.Array],
   """Per device: its shard of the batch, from the replicated (images, labels, augmentation
   key) and its rows' indices."""
   images, labels, key = replicated
-  batch_images = images[rows["index"]].astype(jnp.float32) / 255.0
+  batch_images = images[rows["index"]].astype(jnp.float32)
+  if images.dtype == jnp.uint8:  # float images (one's own data) are in [0, 1] already
+    batch_images = batch_images / 255.0
   if augment:
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key, rows["position"])
     batch_images = jax.vmap(cifar_augment)(batch_images, keys)

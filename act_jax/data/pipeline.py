@@ -3,8 +3,8 @@
 Training and evaluation code see two small interfaces. `TrainData` gives the global batch of a
 step, already on the devices and split along the data axis; `EvalData` yields this process's
 rows of padded evaluation batches, of a whole split or (where the data is in memory) of any
-subset of its examples. Fashion-MNIST and CIFAR come from memory (`in_memory`), ImageNet from
-tf.data (`tfds_pipeline`); only the latter needs TensorFlow.
+subset of its examples. Fashion-MNIST, CIFAR and one's own data come from memory (`in_memory`),
+ImageNet from tf.data (`tfds_pipeline`); only the latter needs TensorFlow.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from act_jax import parallel
 from act_jax.data import datasets, in_memory
-from act_jax.data.catalog import HostBatch, Split
+from act_jax.data.catalog import CROP_FLIP_DATASETS, HostBatch, Split
 
 
 class TrainData(Protocol):
@@ -82,7 +82,7 @@ def train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
     return StreamedTrainData(config, mesh)
   return in_memory.InMemoryTrainData(datasets.in_memory_split(config.dataset, "train"),
                                      global_batch_size=config.train.batch_size, seed=config.seed,
-                                     mesh=mesh, augment=config.dataset.name != "fashion_mnist")
+                                     mesh=mesh, augment=config.dataset.name in CROP_FLIP_DATASETS)
 
 
 @dataclasses.dataclass(frozen=True)

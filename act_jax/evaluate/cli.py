@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,29 +39,29 @@ flags.DEFINE_string("attacks", None,
                     "Comma-separated attacks: " + attack_specs.valid_names_message() + " (default: "
                     f"{DEFAULT_ATTACKS}; transfer only for runs with two models).")
 flags.DEFINE_float("eps", None, "L-inf radius (default: the run's config.eval.eps).")
-flags.DEFINE_float("eps-l2", 1.0, "L2 radius for the pgd<K>-l2 attacks.")
-flags.DEFINE_float("pgd-travel", None,
+flags.DEFINE_float("eps_l2", 1.0, "L2 radius for the pgd<K>-l2 attacks.")
+flags.DEFINE_float("pgd_travel", None,
                    "Total travel of PGD-K in units of eps; each step is travel * eps / K (default: "
                    "the run's eval PGD, config.eval.step_size * num_steps / eps).")
-flags.DEFINE_integer("apgd-steps", attack_specs.APGD_STEPS,
+flags.DEFINE_integer("apgd_steps", attack_specs.APGD_STEPS,
                      "Iterations of APGD-CE/DLR and of APGD-T per target (AutoAttack: 100).")
-flags.DEFINE_integer("fab-steps", attack_specs.FAB_STEPS,
+flags.DEFINE_integer("fab_steps", attack_specs.FAB_STEPS,
                      "Iterations of FAB-T per target (AutoAttack: 100).")
-flags.DEFINE_integer("square-queries", attack_specs.SQUARE_QUERIES,
+flags.DEFINE_integer("square_queries", attack_specs.SQUARE_QUERIES,
                      "Queries of the Square attack (AutoAttack: 5000).")
 flags.DEFINE_integer("restarts", 1, "Restarts of every attack (per-example worst case; "
                      "AutoAttack: 1).")
-flags.DEFINE_integer("num-examples", None, "Evaluate the first N examples (default: all).")
+flags.DEFINE_integer("num_examples", None, "Evaluate the first N examples (default: all).")
 flags.DEFINE_enum("split", "test", ("test", "validation"),
                   "test, or the run's validation hold-out (dataset.validation_examples).")
-flags.DEFINE_integer("batch-size", None, "Global batch size (default: the run's eval batch).")
-flags.DEFINE_list("eps-sweep", None,
+flags.DEFINE_integer("batch_size", None, "Global batch size (default: the run's eval batch).")
+flags.DEFINE_list("eps_sweep", None,
                   "L-inf radii for the accuracy-vs-eps curve (default: 0, 0.25, 0.5, 1, 1.5 and 2 "
                   "times --eps); pass an empty value to skip the sweep.")
-flags.DEFINE_string("sweep-attack", "pgd20", "The attack run at every eps of the sweep.")
-flags.DEFINE_float("large-eps", 1.0, "Radius of the gradient-masking check (1.0: unbounded).")
-flags.DEFINE_float("large-eps-max-accuracy", 0.05,
-                   "Accuracy at --large-eps above which a gradient-masking warning is raised.")
+flags.DEFINE_string("sweep_attack", "pgd20", "The attack run at every eps of the sweep.")
+flags.DEFINE_float("large_eps", 1.0, "Radius of the gradient-masking check (1.0: unbounded).")
+flags.DEFINE_float("large_eps_max_accuracy", 0.05,
+                   "Accuracy at --large_eps above which a gradient-masking warning is raised.")
 flags.DEFINE_list("models", None,
                   "Which of the run's models to evaluate (default: all: natural and robust for "
                   "ACT, the one model of the other methods).")
@@ -115,26 +114,26 @@ def _check(request: EvaluationRequest
   try:
     sweep_attack = attack_specs.parse(request.sweep_attack)
   except ValueError as error:
-    raise UsageError(f"--sweep-attack={request.sweep_attack}: {error}") from None
+    raise UsageError(f"--sweep_attack={request.sweep_attack}: {error}") from None
   if not sweep_attack.is_white_box:
-    raise UsageError(f"--sweep-attack={sweep_attack.name}: must be a single white-box attack")
+    raise UsageError(f"--sweep_attack={sweep_attack.name}: must be a single white-box attack")
   if request.eps is not None and request.eps > 1:
     raise UsageError(f"--eps={request.eps}: must be in [0, 1]: images are in [0, 1], so 8/255 "
                      "is 0.0314")
-  for flag, value in (("--eps", request.eps), ("--eps-l2", request.eps_l2),
-                      ("--large-eps", request.large_eps)):
+  for flag, value in (("--eps", request.eps), ("--eps_l2", request.eps_l2),
+                      ("--large_eps", request.large_eps)):
     if value is not None and value < 0:
       raise UsageError(f"{flag}={value}: must be >= 0")
   for value in request.eps_sweep or ():
     if value < 0:
-      raise UsageError(f"--eps-sweep: {value} must be >= 0")
+      raise UsageError(f"--eps_sweep: {value} must be >= 0")
   if request.step is not None and request.step < 0:
     raise UsageError(f"--step={request.step}: must be >= 0 (a checkpoint's step)")
-  for flag, value in (("--restarts", request.restarts), ("--apgd-steps", request.apgd_steps),
-                      ("--fab-steps", request.fab_steps),
-                      ("--square-queries", request.square_queries),
-                      ("--num-examples", request.num_examples),
-                      ("--batch-size", request.batch_size)):
+  for flag, value in (("--restarts", request.restarts), ("--apgd_steps", request.apgd_steps),
+                      ("--fab_steps", request.fab_steps),
+                      ("--square_queries", request.square_queries),
+                      ("--num_examples", request.num_examples),
+                      ("--batch_size", request.batch_size)):
     if value is not None and value < 1:
       raise UsageError(f"{flag}={value}: must be >= 1")
   return attacks, sweep_attack
@@ -189,7 +188,7 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
                                          unroll=parallel.unrolls_attack_loops(mesh))
   batch_size = request.batch_size or config.eval.batch_size
   if batch_size % mesh.size or batch_size % jax.process_count():
-    raise UsageError(f"--batch-size={batch_size}: must be divisible by the number of devices "
+    raise UsageError(f"--batch_size={batch_size}: must be divisible by the number of devices "
                      f"({mesh.size}) and processes ({jax.process_count()})")
   variables = {m: run.models[m].variables for m in models}
   apply_fn = eval_mode_apply(run.model.apply)
@@ -245,7 +244,6 @@ def evaluate_run(request: EvaluationRequest) -> dict[str, Any]:
           + (f", curve in {plot}" if plot else ""), flush=True)
     for check in failed:
       message = f"sanity check failed for {check.model}: {check.check}: {check.detail}"
-      warnings.warn(message, RuntimeWarning, stacklevel=2)
       print(f"warning: {message}", file=sys.stderr, flush=True)
   return results
 
@@ -299,13 +297,9 @@ def _output_path(request: EvaluationRequest, step: int,
   return output
 
 
-def _flag(name: str):
-  return FLAGS[name].value
-
-
 def _run_eval_batch_size() -> int:
   """The run's `eval.batch_size`, read before JAX starts (1 where the workdir has none)."""
-  config_path = epath.Path(_flag("workdir")) / "config.json"
+  config_path = epath.Path(FLAGS.workdir) / "config.json"
   if not config_path.exists():
     return 1
   return int(json.loads(config_path.read_text())["eval"]["batch_size"])
@@ -317,18 +311,18 @@ def main(argv: list[str]) -> None:
   if FLAGS["verbosity"].present == 0:  # orbax warns that the read-only checkpoint is read-only
     logging.set_verbosity(logging.ERROR)
   if not distributed.initialize_from_flags():
-    parallel.use_one_cpu_device_per_core([_flag("batch-size") or _run_eval_batch_size()])
-  sweep = _flag("eps-sweep")
+    parallel.use_one_cpu_device_per_core([FLAGS.batch_size or _run_eval_batch_size()])
+  sweep = FLAGS.eps_sweep
   try:
     eps_sweep = None if sweep is None else [float(v) for v in sweep]
   except ValueError as error:
-    raise UsageError(f"--eps-sweep={','.join(sweep)}: {error}") from None
+    raise UsageError(f"--eps_sweep={','.join(sweep)}: {error}") from None
   evaluate_run(EvaluationRequest(
-      workdir=_flag("workdir"), attacks=_flag("attacks"), eps=_flag("eps"),
-      eps_l2=_flag("eps-l2"), pgd_travel=_flag("pgd-travel"), restarts=_flag("restarts"),
-      apgd_steps=_flag("apgd-steps"), fab_steps=_flag("fab-steps"),
-      square_queries=_flag("square-queries"), num_examples=_flag("num-examples"),
-      split=_flag("split"),
-      batch_size=_flag("batch-size"), eps_sweep=eps_sweep, sweep_attack=_flag("sweep-attack"),
-      large_eps=_flag("large-eps"), large_eps_max_accuracy=_flag("large-eps-max-accuracy"),
-      models=_flag("models"), step=_flag("step"), output=_flag("output"), seed=_flag("seed")))
+      workdir=FLAGS.workdir, attacks=FLAGS.attacks, eps=FLAGS.eps,
+      eps_l2=FLAGS.eps_l2, pgd_travel=FLAGS.pgd_travel, restarts=FLAGS.restarts,
+      apgd_steps=FLAGS.apgd_steps, fab_steps=FLAGS.fab_steps,
+      square_queries=FLAGS.square_queries, num_examples=FLAGS.num_examples,
+      split=FLAGS.split,
+      batch_size=FLAGS.batch_size, eps_sweep=eps_sweep, sweep_attack=FLAGS.sweep_attack,
+      large_eps=FLAGS.large_eps, large_eps_max_accuracy=FLAGS.large_eps_max_accuracy,
+      models=FLAGS.models, step=FLAGS.step, output=FLAGS.output, seed=FLAGS.seed))

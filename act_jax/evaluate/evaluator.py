@@ -100,7 +100,9 @@ class Evaluator:
   "worst_case": the examples that survive every requested attack and are correct on clean
   inputs (the per-example AND, as AutoAttack reports robust accuracy). A composite
   ("autoattack") is the AND of clean and its members. "transfer" for one model is crafted on
-  the next model given (cyclically).
+  the next model given (cyclically), and counts the examples correct both on clean inputs and
+  under it: a perturbation crafted on another model can as well move a misclassified example
+  to its label, which is no robustness (and would read as robust accuracy above clean).
   """
 
   def __init__(self, apply_fn: ApplyFn, mesh: Mesh, attacks: Iterable[attack_specs.AttackSpec],
@@ -192,6 +194,10 @@ class Evaluator:
                   else "clean", n) as bar:
       self._run([(model, spec.name, spec) for model in variables for spec in first_pass],
                 variables, data, None, rng, correct, bar)
+    for model in variables:
+      for spec in standalone:
+        if spec.kind == "transfer":
+          correct[model][spec.name] &= correct[model]["clean"]
 
     for composite in composites:
       for model in variables:

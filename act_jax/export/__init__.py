@@ -201,18 +201,6 @@ def _check(directory: str, flax_logits_fn, image_shape: tuple[int, int, int],
                 weights_max_abs_difference=float(np.abs(from_weights - expected).max()))
 
 
-def run_status(workdir: str, step: int) -> tuple[bool | None, int | None]:
-  """(whether the run has finished, its total steps), from `results.json`; None if unknown."""
-  path = os.path.join(workdir, "results.json")
-  try:
-    with open(path) as f:
-      results = json.load(f)
-  except (OSError, ValueError):
-    return None, None
-  total = results.get("total_steps")
-  return "final" in results and (total is None or step >= total), total
-
-
 def export_run(workdir: str, output: str, *, which: str | None = None,
                step: int | None = None) -> dict[str, Any]:
   """Exports model `which` (default: the robust one where there is one) of the run in
@@ -239,12 +227,11 @@ def export_run(workdir: str, output: str, *, which: str | None = None,
   flax_model = models.build_model(name, num_classes=info.num_classes, dtype=jnp.float32,
                                   base_width=config.model.base_width)
   apply = jax.jit(eval_mode_apply(flax_model.apply))
-  finished, total_steps = run_status(workdir, run.step)
   image_shape = tuple(info.image_shape)
   height, width, channels = image_shape
   card = {
       "workdir": os.path.abspath(workdir), "method": run.method.name, "model": which,
-      "step": run.step, "total_steps": total_steps, "run_finished": finished,
+      "step": run.step, "total_steps": run.total_steps, "run_finished": run.finished,
       "dataset": info.name, "num_classes": info.num_classes,
       "input": {"layout": "NCHW", "shape": [channels, height, width], "dtype": "float32",
                 "range": [0.0, 1.0], "normalization": None, "batch": "any size >= 1"},

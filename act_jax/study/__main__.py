@@ -1,4 +1,4 @@
-"""`python -m act_jax.study --config=configs/fashion_mnist.py --workdir=DIR
+"""`python -m act_jax.study --config=fashion_mnist --workdir=DIR
     --methods=natural,pgd_at,trades,act --seeds=0,1,2 [--epochs=10,30]`
 
 Trains every method with every seed at every budget on the config's recipe (any `--config.*`
@@ -8,19 +8,13 @@ study.json, study.csv, study.md, study.png (the trade-off) and curves.png (learn
 interrupted ones from their checkpoints.
 """
 
-import shlex
-import sys
-
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from act_jax import command_line, distributed, parallel
+from act_jax import command_line, distributed, parallel, provenance
 from act_jax.study import runner
 
 FLAGS = flags.FLAGS
-with command_line.flag_errors_in_one_line():
-  config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
-                                  "The recipe every run shares (configs/*.py).", lock_config=True)
+command_line.define_config_flag("The recipe every run shares.")
 flags.DEFINE_string("workdir", None, "Where each run trains, as DIR/<method>/seed<seed>.",
                     required=True)
 flags.DEFINE_string("methods", "natural,pgd_at,trades,act", "Comma-separated training methods.")
@@ -64,7 +58,7 @@ def main(argv: list[str]) -> None:
       autoattack_examples=FLAGS.autoattack_examples, apgd_steps=FLAGS.apgd_steps,
       fab_steps=FLAGS.fab_steps, square_queries=FLAGS.square_queries,
       cascade=FLAGS.cascade, output_dir=FLAGS.output_dir,
-      command=" ".join(["python -m act_jax.study", *map(shlex.quote, sys.argv[1:])]))
+      command=provenance.command_line())
   runner.run_study(request)
 
 

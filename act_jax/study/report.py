@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from act_jax import workdir as workdir_lib
 from act_jax.attacks import specs as attack_specs
 
 METHOD_TITLES = {"natural": "natural training", "pgd_at": "PGD-AT", "trades": "TRADES",
@@ -25,11 +26,12 @@ CSV_FIELDS = ("method", "model", "epochs", "seed", "clean", "pgd20", "autoattack
               "worst_case", "clean_examples", "autoattack_examples", "train_seconds",
               "eval_seconds", "workdir")
 # Fields that may differ between a study's runs and the run compared against them: what the
-# study varies, and what does not change the training (cadences of logging, checkpoints and
-# the learning curve's evaluations).
-_RUN_SPECIFIC = ("method", "seed", "train.log_every_steps", "train.checkpoint_every_steps",
-                 "train.max_checkpoints_to_keep", "train.eval_every_steps",
-                 "eval.periodic_num_examples", "reference_study")
+# study varies (the budget is compared apart, `_recipe`), and what changes neither the training
+# nor its numbers (cadences of logging, checkpoints and the learning curve's evaluations, where
+# the data lies, the evaluation's batch size).
+_RUN_SPECIFIC = ("method", "seed", "train.epochs", "train.eval_every_steps",
+                 "eval.periodic_num_examples", "eval.batch_size", *workdir_lib.RESULT_NEUTRAL)
+MAX_LISTED_DIFFERENCES = 4
 
 
 def title(method: str, model: str) -> str:
@@ -84,12 +86,22 @@ def _cell(mean_std: Sequence[float], count: int) -> str:
   return f"{100 * mean:.2f} ± {100 * std:.2f}" if count > 1 else f"{100 * mean:.2f}"
 
 
+def examples_text(count: int, total: int | None) -> str:
+  """"all 10,000 test examples", or "the first 256 of 10,000 test examples" for a subset."""
+  if total is None:
+    return f"{count:,} test examples"
+  return (f"all {total:,} test examples" if count >= total
+          else f"the first {count:,} of {total:,} test examples")
+
+
 def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
-                   autoattack_examples: int, clean_examples: int, missing: int = 0) -> str:
+                   autoattack_examples: int, clean_examples: int, missing: int = 0,
+                   test_examples: int | None = None) -> str:
   """One row per (budget, method, model): accuracies in %, mean ± std over seeds.
 
   The cascade's column is titled by the cascade the runs used; where runs used different ones,
-  each cell names its own.
+  each cell names its own. `test_examples` is the size of the test split, so that a subset is
+  said to be one.
   """
   column = cascades_title(summary)
   mixed = column == "AutoAttack or its part"
@@ -107,7 +119,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
   lines.append("")
   used = sorted({entry["cascade"] for entry in summary})
   lines.append(f"Mean ± sample std over seeds (one seed: its value). Clean and PGD-20 on "
-               f"{clean_examples} test examples; "
+               f"{examples_text(clean_examples, test_examples)}; "
                + "; ".join(f"{cascade_title(c)} is the per-example AND of clean, "
                            + ", ".join(attack_specs.parse(c).title
                                        for c in attack_specs.parse(c).members)
@@ -243,36 +255,65 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _same_recipe(study_config: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
-  """Whether two configs differ only in what a study varies or what does not change training.
+def _recipe(config: Mapping[str, Any]) -> dict[str, Any]:
+  """A config's fields that make its recipe, flattened: the learning-rate cuts as fractions of
+  training, since a study scales them with each budget (the cut at 2.25 of 3 epochs is at 7.5
+  of 10)."""
+  flat = _flat(config)
+  epochs, cuts = flat.get("train.epochs"), flat.get("optim.lr_decay_epochs")
+  if epochs and cuts is not None:
+    flat["optim.lr_decay_epochs"] = [round(cut / epochs, 6) for cut in cuts]
+  return {k: v for k, v in flat.items() if k not in _RUN_SPECIFIC}
 
-  A field that one of them lacks (added to the configs after the study ran) counts as equal.
-  """
-  a, b = _flat(study_config), _flat(config)
-  return all(a[k] == b[k] for k in set(a) & set(b) if k not in _RUN_SPECIFIC)
+
+def _recipe_differences(study_config: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+  """The fields in which two configs differ beyond what a study varies or what changes no
+  number, as "field (study's -> this)". A field that one of them lacks (added to the configs
+  after the study ran) counts as equal."""
+  a, b = _recipe(study_config), _recipe(config)
+  return [f"{k} ({a[k]!r} -> {b[k]!r})" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+
+
+def _cells(entry: Mapping[str, Any], count: int) -> str:
+  return ", ".join(f"{name} {_cell(entry[key], count)}" for key, name in (
+      ("clean", "clean"), ("pgd20", "PGD-20"),
+      ("autoattack", cascade_title(entry.get("cascade", LEGACY_CASCADE)))))
 
 
 def comparison_lines(study_path: str, config: ml_collections.ConfigDict) -> list[str]:
   """Lines naming what this run's numbers compare against: the study of the same recipe.
 
-  A line saying so when the study file is missing or its recipe differs from `config` (beyond
-  what a study varies); then the numbers would not be comparable.
+  One line saying so when the study file is missing, has no runs of this budget, or its recipe
+  differs from `config` beyond what a study varies (naming the fields); then the numbers would
+  not be comparable. One seed has no spread: its values are printed alone.
   """
   if not os.path.exists(study_path):
     return [f"(No study at {study_path} to compare with.)"]
   with open(study_path) as f:
     study = json.load(f)
-  if not _same_recipe(study["meta"]["config"], json.loads(config.to_json_best_effort())):
-    return [f"(The study in {study_path} used a different recipe; rerun it to compare.)"]
-  seeds = len(study["meta"]["seeds"])
-  lines = [f"Same recipe, {seeds} seed{'s' if seeds > 1 else ''} each ({study_path}; "
-           f"mean ± std, %):"]
-  for entry in study["summary"]:
-    if entry.get("epochs", config.train.epochs) != config.train.epochs:
-      continue
-    cascade = cascade_title(entry.get("cascade", LEGACY_CASCADE))
-    lines.append(f"  {entry['title']:<18} clean {100 * entry['clean'][0]:.2f} ± "
-                 f"{100 * entry['clean'][1]:.2f}, PGD-20 {100 * entry['pgd20'][0]:.2f} ± "
-                 f"{100 * entry['pgd20'][1]:.2f}, {cascade} {100 * entry['autoattack'][0]:.2f}"
-                 f" ± {100 * entry['autoattack'][1]:.2f}")
+  study_config = study["meta"]["config"]
+  differences = _recipe_differences(study_config, json.loads(config.to_json_best_effort()))
+  if differences:
+    listed = ", ".join(differences[:MAX_LISTED_DIFFERENCES]) + (
+        f" and {len(differences) - MAX_LISTED_DIFFERENCES} more"
+        if len(differences) > MAX_LISTED_DIFFERENCES else "")
+    return [f"(The study in {study_path} used a different recipe: {listed}; rerun it to "
+            "compare.)"]
+  budget = config.train.epochs
+  entries = [e for e in study["summary"]
+             if e.get("epochs", study_config["train"]["epochs"]) == budget]
+  if not entries:
+    budgets = study["meta"].get("epochs") or [study_config["train"]["epochs"]]
+    return [f"(The study in {study_path} has no runs of {budget} epochs, only of "
+            f"{', '.join(map(str, budgets))}; nothing to compare with.)"]
+  counts = {len(e["seeds"]) for e in entries}
+  if len(counts) == 1:
+    count = counts.pop()
+    lines = [f"Same recipe, {_seeds(count)}{' each' if count > 1 else ''} ({study_path}; "
+             + ("mean ± std, %):" if count > 1 else "%):")]
+    lines += [f"  {e['title']:<18} {_cells(e, count)}" for e in entries]
+  else:  # a partial study: its methods have run different numbers of seeds
+    lines = [f"Same recipe ({study_path}; mean ± std over n seeds, %):"]
+    lines += [f"  {e['title']:<18} n={len(e['seeds'])}: {_cells(e, len(e['seeds']))}"
+              for e in entries]
   return lines

@@ -18,9 +18,6 @@ rewritten after every finished run, marked partial until the whole grid is done.
 
 import dataclasses
 import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
 from typing import Any
@@ -29,7 +26,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from act_jax import api, interruption, methods, parallel, reporting, train, workdir_lock
+from act_jax import api, interruption, methods, parallel, provenance, reporting, train, workdir_lock
 from act_jax import workdir as workdir_lib
 from act_jax.attacks import specs as attack_specs
 from act_jax.data import datasets, pipeline
@@ -215,26 +212,6 @@ def _format_seconds(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def _commit() -> str | None:
-  """The git commit the study ran from, where it runs from a clone."""
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
-def _machine() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    model = platform.processor() or "CPU"
-  device = jax.devices()[0]
-  where = model if device.platform == "cpu" else device.device_kind
-  return f"{where}; {len(os.sched_getaffinity(0))} cores; {jax.device_count()} JAX device(s)"
-
-
 def _curve(results: dict[str, Any], model: str) -> list[dict[str, float]]:
   """The run's learning curve for `model`: clean and PGD-20 after each epoch, on its subset."""
   return [{"epoch": e["epoch"], "num_examples": e["num_examples"],
@@ -276,8 +253,14 @@ def _is_trained(results: dict[str, Any] | None) -> bool:
 
 
 def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: list[RunKey],
-                  commit: str | None, started: float) -> dict[str, Any]:
-  """study.json, study.csv, study.md, study.png and curves.png over the finished runs."""
+                  study_record: dict[str, Any], started: float,
+                  test_size: int | None = None) -> dict[str, Any]:
+  """study.json, study.csv, study.md, study.png and curves.png over the finished runs.
+
+  `study_record` is the invocation's `provenance.record`; `commit` and `machine` are its short
+  forms for people (each run's own record is in its results.json).
+  """
+  commit = study_record["git_commit"]
   summary = report.summarise(rows)
   study = {"meta": {"command": request.command, "methods": list(request.methods),
                     "epochs": list(request.budgets), "seeds": list(request.seeds),
@@ -289,8 +272,8 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
                     "complete": not missing,
                     "missing_runs": [dataclasses.asdict(key) for key in missing],
                     "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-                    "machine": _machine(), "commit": commit,
-                    "versions": {"jax": jax.__version__, "python": platform.python_version()},
+                    "machine": provenance.machine_summary(study_record),
+                    "commit": commit[:7] if commit else None, "provenance": study_record,
                     "wall_seconds_this_invocation": time.time() - started},
            "summary": summary, "runs": rows}
   if jax.process_index() != 0 or not rows:
@@ -299,13 +282,55 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
   output_dir.mkdir(parents=True, exist_ok=True)
   table = report.markdown_table(summary, eps=request.config.eval.eps,
                                 autoattack_examples=rows[0]["autoattack_examples"],
-                                clean_examples=rows[0]["clean_examples"], missing=len(missing))
+                                clean_examples=rows[0]["clean_examples"], missing=len(missing),
+                                test_examples=test_size)
   reporting.write_json(output_dir / "study.json", study)
   report.write_csv(rows, output_dir / "study.csv")
   (output_dir / "study.md").write_text(table + "\n")
   report.plot_tradeoff(rows, summary, output_dir / "study.png", eps=request.config.eval.eps)
   report.plot_curves(rows, output_dir / "curves.png", eps=request.config.eval.eps)
   return study
+
+
+@dataclasses.dataclass
+class TimeLeft:
+  """The study's ETA, from what this invocation's runs took.
+
+  Training time is counted per unit of work (the method's forward passes per step, times the
+  epochs still to train) and evaluation time per model evaluated, apart: a short run's time is
+  mostly its evaluation, which does not grow with the budget, so one rate for both, taken from
+  short runs, overstated the time of longer ones. Only the runs still to train or evaluate
+  count, a resumed one for the steps it has left.
+  """
+  train_seconds: float = 0.0
+  train_work: float = 0.0
+  eval_seconds: float = 0.0
+  models_evaluated: int = 0
+
+  def add(self, *, train_seconds: float | None, work: float, eval_seconds: float,
+          models: int) -> None:
+    """Records a run just done: its training (None: it trained before) and its evaluation."""
+    if train_seconds is not None and work > 0:
+      self.train_seconds += train_seconds
+      self.train_work += work
+    self.eval_seconds += eval_seconds
+    self.models_evaluated += models
+
+  def describe(self, left: list[tuple[float, int]]) -> str:
+    """", ETA 2m20s for 1 run left to train and 1 to evaluate", for the runs `left`, each as
+    (training work left, models to evaluate); "" until the runs done tell the rates needed."""
+    work, models = sum(w for w, _ in left), sum(m for _, m in left)
+    if not left or not self.models_evaluated or (work and not self.train_work):
+      return ""
+    seconds = ((work * self.train_seconds / self.train_work if work else 0.0)
+               + models * self.eval_seconds / self.models_evaluated)
+    to_train = sum(1 for w, _ in left if w > 0)
+    to_evaluate = len(left) - to_train
+    plural = lambda count: "s" if count > 1 else ""
+    runs = (f"{to_train} run{plural(to_train)} left to train"
+            + (f" and {to_evaluate} to evaluate" if to_evaluate else "") if to_train
+            else f"{to_evaluate} run{plural(to_evaluate)} left to evaluate")
+    return f", ETA {_format_seconds(seconds)} for {runs}"
 
 
 def run_study(request: StudyRequest) -> dict[str, Any]:
@@ -317,14 +342,21 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
   workdir = epath.Path(request.workdir)
   runs = grid(request)
   steps_per_epoch = pipeline.steps_per_epoch(request.config) if request.curve_examples else 0
-  # Relative cost of each run for the ETA: its method's work per step (forward passes), times
-  # its epochs; finished runs cost nothing.
-  def cost(key: RunKey) -> int:
-    return methods.get(key.method).forward_passes(request.config.attack.num_steps) * key.epochs
+  def work_left(key: RunKey) -> float:
+    """The run's training work still to do, for the ETA: its method's work per step (forward
+    passes) times its epochs, times the part of its steps not trained yet."""
+    results = finished[key][0]
+    if _is_trained(results):
+      return 0.0
+    log, total = (results or {}).get("train_log"), (results or {}).get("total_steps")
+    done = log[-1]["step"] / total if log and total else 0.0
+    return (methods.get(key.method).forward_passes(request.config.attack.num_steps)
+            * key.epochs * (1.0 - done))
 
   is_chief = jax.process_index() == 0
-  commit = _commit()  # the code this invocation runs, whatever the checkout becomes meanwhile
-  start, worked_seconds, worked_cost = time.time(), 0.0, 0
+  # The code this invocation runs, whatever the checkout becomes meanwhile.
+  study_record = provenance.record(request.command or None)
+  start, time_left = time.time(), TimeLeft()
   finished = {key: _finished(key.directory(workdir)) for key in runs}
   for key, (results, _) in finished.items():  # before anything trains
     if results is not None:
@@ -339,10 +371,8 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
     run_dir = key.directory(workdir)
     results, record = finished[key]
     done = is_done(key)
-    remaining = sum(cost(k) for k in pending if not _is_trained(finished[k][0]))
-    eta = (f", ETA {_format_seconds(remaining * worked_seconds / worked_cost)} for "
-           f"{len(pending)} run{'s' if len(pending) > 1 else ''}" if worked_cost and pending
-           else "")
+    eta = time_left.describe([(work_left(k), len(methods.get(k.method).model_names))
+                              for k in pending])
     evaluated = "evaluation" in record
     if done:
       status = "finished, skipped"
@@ -364,19 +394,18 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
         missing.append(key)
       continue
     if not done:
-      began = time.time()
-      trains = not _is_trained(results)
+      trains, work = not _is_trained(results), work_left(key)
       with workdir_lock.held(str(run_dir)):  # over its training and its evaluation
         results, record = _train_and_evaluate(request, key, run_dir, results, record,
                                               steps_per_epoch)
-      if trains:  # the ETA's rate comes from runs that trained
-        worked_seconds += time.time() - began
-        worked_cost += cost(key)
+      time_left.add(train_seconds=record["train_seconds"] if trains else None, work=work,
+                    eval_seconds=record["eval_seconds"],
+                    models=len(methods.get(key.method).model_names))
       pending.remove(key)
     rows.extend(_rows(key, results, record, run_dir))
     if not done:  # the tables so far, marked partial, in case the study stops here
-      _write_report(request, rows, runs[number:], commit, start)
-  study = _write_report(request, rows, missing, commit, start)
+      _write_report(request, rows, runs[number:], study_record, start, test_size)
+  study = _write_report(request, rows, missing, study_record, start, test_size)
   if is_chief and rows:
     print("\n" + (epath.Path(request.output_dir or request.workdir) / "study.md").read_text(),
           flush=True)
