@@ -42,7 +42,8 @@ LAYERS = (
                "act_jax.analysis.report", "act_jax.export", "act_jax.export.cli")),
     ("command lines", ("act_jax.main", "act_jax.prepare_data", "act_jax.evaluate.__main__",
                        "act_jax.study.__main__", "act_jax.analysis.__main__",
-                       "act_jax.export.__main__", "act_jax.plot_curves")),
+                       "act_jax.export.__main__", "act_jax.plot_curves",
+                       "act_jax.plot_curves.__main__")),
 )
 
 

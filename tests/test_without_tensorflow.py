@@ -15,7 +15,8 @@ from helpers import REPO, write_fake_fashion_mnist
 
 # Modules that define absl flags, so each needs a process of its own.
 COMMAND_LINES = ("act_jax.main", "act_jax.evaluate.cli", "act_jax.study.__main__",
-                 "act_jax.prepare_data", "act_jax.export.cli", "act_jax.plot_curves")
+                 "act_jax.prepare_data", "act_jax.export.cli",
+                 "act_jax.plot_curves.__main__")
 # tf.data's ImageNet augmentation (imported only by ImageNet's pipeline), the torch extra.
 NOT_CHECKED = ("act_jax.data.augmentations", "act_jax.pytorch", "act_jax.evaluate.__main__",
                "act_jax.export.__main__")

@@ -12,17 +12,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app, flags
 from etils import epath
 
-from act_jax import command_line, reporting, write_failures
+from act_jax import write_failures
 from act_jax.errors import UserError
 from act_jax.evaluate.report import column_title
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run whose results.json is drawn.", required=True)
-flags.DEFINE_string("output", None,
-                    "The PNG to write (default: WORKDIR/training_curves.png).")
 
 
 def _number(entry: Mapping[str, Any], key: str, scale: float = 1.0) -> float:
@@ -104,18 +98,3 @@ def plot_curves(results: Mapping[str, Any], path: epath.PathLike) -> None:
       figure.savefig(f, format="png")
   finally:
     _pyplot().close(figure)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  results_path = epath.Path(FLAGS.workdir) / "results.json"
-  if not results_path.exists():
-    raise UserError(f"{results_path} not found: is {FLAGS.workdir} an act_jax workdir?")
-  output = FLAGS.output or str(epath.Path(FLAGS.workdir) / "training_curves.png")
-  plot_curves(reporting.read_json(results_path), output)
-  print(f"wrote {output}", flush=True)
-
-
-if __name__ == "__main__":
-  command_line.run(main)
