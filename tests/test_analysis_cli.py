@@ -112,8 +112,8 @@ def test_bad_flags_get_one_line(act_run, tmp_path, flags, fragment):
 def test_a_study_uses_the_committed_analysis_of_a_run_without_checkpoints(act_run, tmp_path):
   """A checkout holds a study's run records, not their checkpoints: an analysis with the
   requested settings is reported; a run with none (or stale settings) is listed as absent."""
-  from act_jax.analysis import __main__ as analysis_main
   from act_jax.analysis import runner
+  from act_jax.analysis import study as analysis_study
   request = runner.AnalysisRequest(workdir="", measures=("entropy",), num_examples=8)
   record_only = tmp_path / "committed" / "act" / "seed0"
   record_only.mkdir(parents=True)
@@ -126,7 +126,7 @@ def test_a_study_uses_the_committed_analysis_of_a_run_without_checkpoints(act_ru
   study = {"runs": [{"method": "act", "epochs": 1, "seed": seed, "workdir": str(path)}
                     for seed, path in ((0, record_only), (1, stale))]}
   (tmp_path / "study.json").write_text(json.dumps(study))
-  analysis_main.analyse_study(str(tmp_path), request, str(tmp_path / "out"))
+  analysis_study.analyse_study(str(tmp_path), request, str(tmp_path / "out"))
   written = json.loads((tmp_path / "out" / "analysis.json").read_text())
   assert [run["seed"] for run in written["runs"]] == [0]
   assert written["absent_runs"] == [str(stale)]
