@@ -23,7 +23,7 @@ from etils import epath
 from act_jax import api, parallel, reporting
 from act_jax.analysis import complexity, curvature, objective, report, representations, weight_noise
 from act_jax.attacks import specs as attack_specs
-from act_jax.data import datasets
+from act_jax.data import datasets, in_memory
 from act_jax.errors import UserError
 from act_jax.evaluate import evaluator as evaluator_lib
 
@@ -65,8 +65,7 @@ def _key(seed: int, *names: str) -> jax.Array:
 def _subset(run: api.TrainedRun, split: str, count: int, mesh: Any) -> objective.Examples:
   whole = datasets.in_memory_split(run.config.dataset, split)
   images = whole.images[:count]
-  images = (images.astype(np.float32) / 255.0 if images.dtype == np.uint8
-            else images.astype(np.float32))
+  images = in_memory.unit_interval_images(images)
   return objective.place(images, whole.labels[:count].astype(np.int32), mesh)
 
 

@@ -32,6 +32,14 @@ CIFAR_PADDING = 4
 AUGMENTATION_SALT = 0x617567  # folded into the seed, so augmentation and attack keys differ
 
 
+def unit_interval_images(images: Any) -> Any:
+  """`images` (a NumPy or JAX array) as float32 in [0, 1]: uint8 pixels divided by 255, float
+  images (one's own data) as they are, since they are in [0, 1] already."""
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  return images.astype(np.float32)
+
+
 def cifar_augment(image: jax.Array, key: jax.Array) -> jax.Array:
   """Reflect-pad 4, random crop back to the original size, random horizontal flip (one image).
 
@@ -50,9 +58,7 @@ def _device_batch(replicated: tuple[jax.Array, jax.Array, jax.Array],
   """Per device: its shard of the batch, from the replicated (images, labels, augmentation
   key) and its rows' indices."""
   images, labels, key = replicated
-  batch_images = images[rows["index"]].astype(jnp.float32)
-  if images.dtype == jnp.uint8:  # float images (one's own data) are in [0, 1] already
-    batch_images = batch_images / 255.0
+  batch_images = unit_interval_images(images[rows["index"]])
   if augment:
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key, rows["position"])
     batch_images = jax.vmap(cifar_augment)(batch_images, keys)
