@@ -10,7 +10,13 @@ import ml_collections
 
 from act_jax import methods, optimizers
 from act_jax.attacks import ATTACK_LOSS_REDUCTIONS
-from act_jax.data.catalog import DATASET_NAMES, EVAL_SPLITS, IN_MEMORY_DATASETS, OWN_DATASETS
+from act_jax.data.catalog import (
+  DATASET_NAMES,
+  EVAL_SPLITS,
+  IN_MEMORY_DATASETS,
+  OWN_DATASETS,
+  TFDS_BY_NAME,
+)
 from act_jax.errors import UserError
 from act_jax.models import MODEL_NAMES
 
@@ -75,6 +81,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _fail("dataset.path", config.dataset.get("path"),
           f"dataset.name = {config.dataset.name} reads one's own data from it: "
           + ("an .npz file" if config.dataset.name == "npz" else "a folder with train/ and test/"))
+  if config.dataset.name == TFDS_BY_NAME and not config.dataset.get("tfds_name"):
+    _fail("dataset.tfds_name", config.dataset.get("tfds_name"),
+          "dataset.name = tfds reads the TFDS image classification dataset of this name, "
+          "e.g. mnist or svhn_cropped")
   _one_of(config.model.name, "model.name", MODEL_NAMES)
   _one_of(config.model.dtype, "model.dtype", DTYPES)
   if config.method == "act":

@@ -2,9 +2,10 @@
 
 Downloads and prepares a TFDS dataset once, before any run: training and evaluation only read
 prepared data (on a cluster, every worker would otherwise start the same download or build).
-CIFAR-10/100 are downloaded, prepared and cached as `.npz` arrays (later runs need no
-TensorFlow); ImageNet is built from its two tarballs, which TFDS cannot download (put them in
-DATA_DIR/downloads/manual or pass --manual_dir). Needs the `[tfds]` extra. Fashion-MNIST needs
+CIFAR-10/100, and any other TFDS image classification dataset named by its TFDS name, are
+downloaded, prepared and cached as `.npz` arrays (later runs need no TensorFlow); ImageNet is
+built from its two tarballs, which TFDS cannot download (put them in DATA_DIR/downloads/manual
+or pass --manual_dir). Needs the `[tfds]` extra. Fashion-MNIST needs
 no preparation: `apt-get install dataset-fashion-mnist`.
 """
 
@@ -14,8 +15,11 @@ from act_jax import command_line
 from act_jax.data import catalog
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, catalog.TFDS_DATASETS, "The dataset to prepare.",
-                  required=True)
+flags.DEFINE_string("dataset", None,
+                    f"The dataset to prepare: {', '.join(catalog.TFDS_DATASETS)}, or any TFDS "
+                    "image classification dataset by its TFDS name (e.g. mnist), which runs "
+                    "then read with --config.dataset.name=tfds --config.dataset.tfds_name=NAME.",
+                    required=True)
 flags.DEFINE_string("data_dir", None,
                     "The TFDS data directory runs will read (their dataset.data_dir; default: "
                     "~/tensorflow_datasets); may be gs://...")
@@ -30,8 +34,11 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   from act_jax.data import tfds_pipeline
   tfds_pipeline.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
-  print(f"{FLAGS.dataset} is prepared in {catalog.data_dir_root(FLAGS.data_dir)}; runs read it "
-        f"with --config.dataset.data_dir={catalog.data_dir_root(FLAGS.data_dir)}", flush=True)
+  root = catalog.data_dir_root(FLAGS.data_dir)
+  by_name = ("" if FLAGS.dataset in catalog.TFDS_DATASETS else
+             f"--config.dataset.name=tfds --config.dataset.tfds_name={FLAGS.dataset} ")
+  print(f"{FLAGS.dataset} is prepared in {root}; runs read it with "
+        f"{by_name}--config.dataset.data_dir={root}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = config_dict.placeholder(str)  # fashion_mnist, cifar10, ..., npz
+  config.dataset.name = config_dict.placeholder(str)  # fashion_mnist, cifar10, ..., npz, tfds
   config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; may be gs://...
   config.dataset.image_size = config_dict.placeholder(int)  # imagenet2012 only (default 224)
   config.dataset.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
   # One's own data (docs/own_data.md): the .npz file (name npz) or the folder (image_folder).
   config.dataset.path = config_dict.placeholder(str)
+  # Any TFDS image classification dataset (name tfds; docs/own_data.md): its TFDS name, e.g.
+  # "mnist" or "svhn_cropped", and the TFDS splits that serve as train and test.
+  config.dataset.tfds_name = config_dict.placeholder(str)
+  config.dataset.tfds_train_split = "train"
+  config.dataset.tfds_test_split = "test"
   # Hold out the last N training examples as a validation split (eval.split = "validation"),
   # for tuning recipes without touching the test split; 0 trains on the whole training split.
   config.dataset.validation_examples = 0

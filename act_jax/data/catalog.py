@@ -3,7 +3,9 @@ their files go. Every other data module builds on this one; it imports none of t
 """
 
 import dataclasses
+import hashlib
 import os
+import re
 
 import numpy as np
 
@@ -20,9 +22,12 @@ class DatasetMissingError(UserError, FileNotFoundError):
 
 # The user's own data (`dataset.path`): arrays in an .npz, or images in class folders.
 OWN_DATASETS = ("npz", "image_folder")
-DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012", *OWN_DATASETS)
+# Any TFDS image classification dataset by its TFDS name (`dataset.tfds_name`), held in memory.
+TFDS_BY_NAME = "tfds"
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012", *OWN_DATASETS,
+                 TFDS_BY_NAME)
 TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")  # prepared once by act_jax.prepare_data
-IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100", *OWN_DATASETS)
+IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100", *OWN_DATASETS, TFDS_BY_NAME)
 CROP_FLIP_DATASETS = ("cifar10", "cifar100")  # trained with the release's CIFAR augmentation
 EVAL_SPLITS = ("test", "validation")
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -70,3 +75,14 @@ def data_dir_root(data_dir: str | None) -> str:
 def npz_cache_path(data_dir: str | None, name: str, split: str) -> str:
   """Where a TFDS-read small split is cached as uint8 arrays, beside the TFDS data."""
   return os.path.join(data_dir_root(data_dir), "act_jax_arrays", f"{name}_{split}.npz")
+
+
+def tfds_by_name_cache_path(data_dir: str | None, tfds_name: str, split: str) -> str:
+  """Where a split of a TFDS dataset named by `dataset.tfds_name` is cached (with its number of
+  classes). TFDS names and splits may hold "/", ":", "[" and "%" ("cifar10_corrupted/fog_5",
+  "train[:90%]"): each run of other characters becomes one "_", and a short hash of the
+  original keeps two spellings that map alike apart."""
+  key = f"{tfds_name}|{split}"
+  readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tfds_name}_{split}").strip("_")
+  digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+  return os.path.join(data_dir_root(data_dir), "act_jax_arrays", f"tfds_{readable}_{digest}.npz")

@@ -2,9 +2,11 @@
 
 Fashion-MNIST, CIFAR-10 and CIFAR-100 are small (at most ~150 MB of uint8 pixels): they are
 read once into memory and served from there (`in_memory`). Fashion-MNIST is read from its IDX
-files with NumPy alone. CIFAR is read through TFDS once and cached as a `.npz` next to the TFDS
-data, so later runs need no TensorFlow. The user's own data (`npz`, `image_folder`) is read by
-`own_data` into memory too, and says itself how many classes and what image shape it has.
+files with NumPy alone. CIFAR, and any TFDS image classification dataset named by
+`dataset.tfds_name` (`dataset.name = "tfds"`), are read through TFDS once and cached as a `.npz`
+next to the TFDS data, so later runs need no TensorFlow. The user's own data (`npz`,
+`image_folder`) is read by `own_data` into memory too. Own data and TFDS datasets by name say
+themselves how many classes and what image shape they have.
 ImageNet streams through tf.data (`tfds_pipeline`).
 
 A run may hold out the last `dataset.validation_examples` training examples as a validation
@@ -24,9 +26,11 @@ from act_jax.data.catalog import (
   IN_MEMORY_DATASETS,
   NUM_CLASSES,
   OWN_DATASETS,
+  TFDS_BY_NAME,
   DatasetInfo,
   Split,
   npz_cache_path,
+  tfds_by_name_cache_path,
 )
 
 
@@ -41,10 +45,26 @@ def _stored_split(name: str, split: str, fashion_mnist_dir: str, data_dir: str |
   return Split(images, labels)
 
 
+@functools.lru_cache(maxsize=4)
+def _tfds_split(tfds_name: str, split: str, data_dir: str | None) -> tuple[Split, int]:
+  """A split of a TFDS dataset named by `dataset.tfds_name`, and its number of classes."""
+  from act_jax.data import tfds_pipeline  # TensorFlow, only if the .npz cache is missing
+  images, labels, num_classes = tfds_pipeline.tfds_arrays(tfds_name, split, data_dir)
+  return Split(images, labels), num_classes
+
+
+def _tfds_split_name(dataset_config: ml_collections.ConfigDict, split: str) -> str:
+  """The TFDS split that stands for "train" or "test" (`dataset.tfds_train_split`, ...)."""
+  return dataset_config.get(f"tfds_{split}_split") or split
+
+
 def _stored(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   """"train" or "test" of an in-memory dataset, whole."""
   if dataset_config.name in OWN_DATASETS:
     return own_data.read(dataset_config.name, dataset_config.path).splits[split]
+  if dataset_config.name == TFDS_BY_NAME:
+    return _tfds_split(dataset_config.tfds_name, _tfds_split_name(dataset_config, split),
+                       dataset_config.data_dir)[0]
   return _stored_split(dataset_config.name, split, dataset_config.fashion_mnist_dir,
                        dataset_config.data_dir)
 
@@ -78,6 +98,10 @@ def dataset_info(dataset_config: ml_collections.ConfigDict) -> DatasetInfo:
   if name in OWN_DATASETS:
     num_classes = own_data.read(name, dataset_config.path).num_classes
     image_shape = tuple(train.images.shape[1:])
+  elif name == TFDS_BY_NAME:
+    num_classes = _tfds_split(dataset_config.tfds_name, _tfds_split_name(dataset_config, "train"),
+                              dataset_config.data_dir)[1]
+    image_shape = tuple(train.images.shape[1:])
   else:
     num_classes, image_shape = NUM_CLASSES[name], IMAGE_SHAPES[name]
   return DatasetInfo(name=name, num_classes=num_classes, image_shape=image_shape,
@@ -97,9 +121,17 @@ def check_available(dataset_config: ml_collections.ConfigDict) -> None:
   if name in OWN_DATASETS:
     own_data.check_available(name, dataset_config.path)
     return
-  if name in IN_MEMORY_DATASETS and all(
-      os.path.exists(npz_cache_path(dataset_config.data_dir, name, split))
-      for split in ("train", "test")):
+  if name == TFDS_BY_NAME:
+    tfds_name = dataset_config.tfds_name
+    caches = [tfds_by_name_cache_path(dataset_config.data_dir, tfds_name,
+                                      _tfds_split_name(dataset_config, split))
+              for split in ("train", "test")]
+  elif name in IN_MEMORY_DATASETS:  # CIFAR
+    tfds_name = name
+    caches = [npz_cache_path(dataset_config.data_dir, name, split) for split in ("train", "test")]
+  else:  # ImageNet streams from the TFDS files themselves
+    tfds_name, caches = name, []
+  if caches and all(os.path.exists(cache) for cache in caches):
     return
   from act_jax.data import tfds_pipeline
-  tfds_pipeline.prepared_builder(name, dataset_config.data_dir)
+  tfds_pipeline.prepared_builder(tfds_name, dataset_config.data_dir)

@@ -1,4 +1,5 @@
-"""TFDS and tf.data: ImageNet streaming, and CIFAR read once into arrays. The only TF importer.
+"""TFDS and tf.data: ImageNet streaming; CIFAR and any TFDS dataset named by `dataset.tfds_name`
+read once into arrays. The only TF importer.
 
 TensorFlow and TFDS are imported inside the functions, so that importing this module (and
 everything that only needs the names here) works on a machine without TensorFlow; only
@@ -75,15 +76,24 @@ def _quiet_absl_warnings() -> Iterator[None]:
     absl_logging.set_verbosity(previous)
 
 
+def _builder(name: str, data_dir: str | None) -> Any:
+  """TFDS's builder of `name` (prepared or not), or a one-line error for a name TFDS lacks."""
+  tfds = _tfds()
+  try:
+    with _quiet_absl_warnings():  # TFDS warns that an unprepared folder has no dataset_info.json
+      return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetNotPreparedError(
+        f"{name}: TFDS has no dataset of this name (its names: tfds.list_builders(), or "
+        "https://www.tensorflow.org/datasets/catalog)") from None
+
+
 def prepared_builder(name: str, data_dir: str | None) -> Any:
   """The TFDS builder of a dataset prepared in `data_dir`. Training and evaluation never
   download or build a dataset: on a cluster every worker would start it, and without a network
   TFDS retries for minutes before failing. `prepare_data` does it once, beforehand."""
-  tfds = _tfds()
-  with _quiet_absl_warnings():  # TFDS warns that an unprepared folder has no dataset_info.json
-    builder = tfds.builder(name, data_dir=data_dir)
-    prepared = builder.is_prepared()
-  if not prepared:
+  builder = _builder(name, data_dir)
+  if not builder.is_prepared():
     raise DatasetNotPreparedError(
         f"{name} is not prepared in dataset.data_dir={catalog.data_dir_root(data_dir)}: "
         f"prepare it once with `{prepare_command(name, data_dir)}` (see {PREPARE_DOCS}), or point "
@@ -98,10 +108,8 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> N
   DATA_DIR/downloads/manual), and a missing one is reported before anything is built.
   """
   tfds = _tfds()
-  with _quiet_absl_warnings():
-    builder = tfds.builder(name, data_dir=data_dir)
-    prepared = builder.is_prepared()
-  if name == "imagenet2012" and not prepared:
+  builder = _builder(name, data_dir)
+  if name == "imagenet2012" and not builder.is_prepared():
     manual = epath.Path(manual_dir or os.path.join(catalog.data_dir_root(data_dir), "downloads",
                                                    "manual"))
     missing = [f for f in IMAGENET_MANUAL_FILES if not (manual / f).exists()]
@@ -111,9 +119,12 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> N
           f"image-net.org (TFDS cannot) and pass --manual_dir (see {PREPARE_DOCS})")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))
-  if name in catalog.IN_MEMORY_DATASETS:
+  if name in catalog.TFDS_DATASETS and name in catalog.IN_MEMORY_DATASETS:
     for split in ("train", "test"):
       cifar_arrays(name, split, data_dir)
+  elif name not in catalog.TFDS_DATASETS:  # any other dataset: cache its train and test splits
+    for split in set(builder.info.splits) & {"train", "test"}:
+      tfds_arrays(name, split, data_dir)
 
 
 def _num_examples(builder: Any, split: Any) -> int:
@@ -148,6 +159,24 @@ def _read_cache(cache: str, name: str, split: str, data_dir: str | None
   return images, labels.astype(np.int32)
 
 
+def _whole_split(builder: Any, split: str, **as_dataset_args: Any) -> Any:
+  """Every example of `split` in its stored order, as NumPy arrays (a dict of features, or the
+  (input, target) pair with `as_supervised=True`), in one batch of exactly the
+  split's size (TFDS's batch_size=-1 needs split metadata, which tfds.testing.mock_data does
+  not provide)."""
+  examples = builder.as_dataset(split=split, shuffle_files=False, **as_dataset_args)
+  examples = examples.batch(_num_examples(builder, split)).get_single_element()
+  return _tfds().as_numpy(examples)
+
+
+def _write_cache(cache: str, **arrays: np.ndarray) -> None:
+  """Writes the .npz whole or not at all: a crash leaves no half-written cache behind."""
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  temporary = cache + ".tmp.npz"
+  np.savez(temporary, **arrays)
+  os.replace(temporary, cache)
+
+
 def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   """A whole CIFAR split as uint8 images and int32 labels, in its stored order.
 
@@ -158,17 +187,72 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
   cache = catalog.npz_cache_path(data_dir, name, split)
   if os.path.exists(cache):
     return _read_cache(cache, name, split, data_dir)
-  builder = prepared_builder(name, data_dir)
-  examples = builder.as_dataset(split=split, shuffle_files=False)
-  # One batch of exactly the split's size (TFDS's batch_size=-1 needs split metadata, which
-  # tfds.testing.mock_data does not provide).
-  examples = examples.batch(_num_examples(builder, split)).get_single_element()
-  images, labels = examples["image"].numpy(), examples["label"].numpy().astype(np.int32)
-  os.makedirs(os.path.dirname(cache), exist_ok=True)
-  temporary = cache + ".tmp.npz"
-  np.savez(temporary, image=images, label=labels)
-  os.replace(temporary, cache)
+  examples = _whole_split(prepared_builder(name, data_dir), split)
+  images, labels = examples["image"], examples["label"].astype(np.int32)
+  _write_cache(cache, image=images, label=labels)
   return images, labels
+
+
+def _checked_tfds_builder(tfds_name: str, data_dir: str | None) -> tuple[Any, int]:
+  """The prepared builder of an image classification dataset and its number of classes, or a
+  one-line error saying why act-jax cannot train on the dataset as it is."""
+  tfds = _tfds()
+  builder = prepared_builder(tfds_name, data_dir)
+  keys = builder.info.supervised_keys
+  def unusable(reason: str) -> catalog.DatasetDamagedError:
+    return catalog.DatasetDamagedError(
+        f"dataset.tfds_name = {tfds_name}: {reason}; act-jax trains on (image, label) "
+        "classification datasets of one image size (convert others to an .npz: "
+        "docs/own_data.md)")
+  if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
+    raise unusable(f"its supervised keys are {keys!r}, not an (image, label) pair")
+  image, label = (builder.info.features[key] for key in keys)
+  if not isinstance(image, tfds.features.Image):
+    raise unusable(f"its input {keys[0]!r} is a {type(image).__name__}, not an Image")
+  if None in image.shape or image.shape[-1] not in (1, 3):
+    raise unusable(f"its images have shape {list(image.shape)} (None: varies); allowed one "
+                   "fixed [height, width, 1 or 3]")
+  if not isinstance(label, tfds.features.ClassLabel):
+    raise unusable(f"its target {keys[1]!r} is a {type(label).__name__}, not a ClassLabel")
+  return builder, int(label.num_classes)
+
+
+def _read_tfds_cache(cache: str, tfds_name: str, split: str
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+  try:
+    with np.load(cache) as arrays:
+      images, labels = arrays["image"], arrays["label"]
+      num_classes = int(arrays["num_classes"])
+  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:160]
+    raise catalog.DatasetDamagedError(
+        f"{cache} is damaged ({reason}): delete it; the next run reads {tfds_name} "
+        f"{split} through TFDS again") from None
+  return images, labels, num_classes
+
+
+def tfds_arrays(tfds_name: str, split: str, data_dir: str | None
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+  """A whole split (TFDS split syntax: "test", "train[:90%]") of any TFDS image classification
+  dataset: uint8 images [n, H, W, C], int32 labels and the number of classes.
+
+  Read through its supervised keys the first time and cached beside the TFDS data
+  (`catalog.tfds_by_name_cache_path`), so that later runs need no TensorFlow, as for CIFAR.
+  """
+  cache = catalog.tfds_by_name_cache_path(data_dir, tfds_name, split)
+  if os.path.exists(cache):
+    return _read_tfds_cache(cache, tfds_name, split)
+  builder, num_classes = _checked_tfds_builder(tfds_name, data_dir)
+  try:
+    images, labels = _whole_split(builder, split, as_supervised=True)
+  except (ValueError, KeyError) as error:  # an unknown split or a bad slice
+    known = ", ".join(builder.info.splits) or "none recorded"
+    raise UserError(f"dataset.tfds_name = {tfds_name} has no split {split!r} ({known}; "
+                    f"slices such as 'train[:90%]' work): "
+                    + " ".join(str(error).split())[:160]) from None
+  images, labels = images.astype(np.uint8), labels.astype(np.int32)
+  _write_cache(cache, image=images, label=labels, num_classes=np.int64(num_classes))
+  return images, labels, num_classes
 
 
 def imagenet_info(data_dir: str | None, image_size: int | None) -> catalog.DatasetInfo:
