@@ -1,8 +1,6 @@
 """Public API for other tools: a trained run, and any of its models as a plain jit-able function."""
 
 import dataclasses
-import json
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -42,10 +40,8 @@ class UnfinishedRunWarning(UserWarning):
 def run_status(workdir: str, step: int) -> tuple[bool | None, int | None]:
   """(whether `step` is the end of the run's training, the steps it trains for), from
   `results.json`; None where that is unknown (no results.json, or one from an older act_jax)."""
-  path = os.path.join(workdir, "results.json")
   try:
-    with open(path) as f:
-      results = json.load(f)
+    results = reporting.read_json(epath.Path(workdir) / "results.json")  # a bucket too
   except (OSError, ValueError):
     return None, None
   total = results.get("total_steps")
