@@ -267,7 +267,7 @@ STUDY = ["--config=configs/fashion_mnist.py", "--methods=natural", "--seeds=0",
          "--config.model.base_width=4", "--config.eval.num_steps=20", "--config.eval.batch_size=64",
          "--config.train.batch_size=32", "--config.train.max_steps=4",
          "--config.eval.num_examples=64", "--autoattack_examples=32", "--apgd_steps=2",
-         "--curve_examples=0"]
+         "--fab_steps=2", "--square_queries=20", "--curve_examples=0"]
 
 
 def study(workdir, *flags) -> list[str]:
