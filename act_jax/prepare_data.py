@@ -32,13 +32,21 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  from act_jax.data import tfds_pipeline
-  tfds_pipeline.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
   root = catalog.data_dir_root(FLAGS.data_dir)
-  by_name = ("" if FLAGS.dataset in catalog.TFDS_DATASETS else
-             f"--config.dataset.name=tfds --config.dataset.tfds_name={FLAGS.dataset} ")
-  print(f"{FLAGS.dataset} is prepared in {root}; runs read it with "
-        f"{by_name}--config.dataset.data_dir={root}", flush=True)
+  if FLAGS.dataset in catalog.TFDS_DATASETS:
+    from act_jax.data import tfds_pipeline
+    tfds_pipeline.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+    print(f"{FLAGS.dataset} is prepared in {root}; runs read it with "
+          f"--config.dataset.data_dir={root}", flush=True)
+    return
+  from act_jax.data import tfds_by_name
+  cached = tfds_by_name.prepare(FLAGS.dataset, FLAGS.data_dir)
+  splits = "" if "test" in cached else (
+      " --config.dataset.tfds_train_split='train[:90%]' "
+      "--config.dataset.tfds_test_split='train[90%:]' (it has no test split: hold one out)")
+  print(f"{FLAGS.dataset} is prepared in {root}; runs read it with --config.dataset.name=tfds "
+        f"--config.dataset.tfds_name={FLAGS.dataset} --config.dataset.data_dir={root}{splits}",
+        flush=True)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
   # One's own data (docs/own_data.md): the .npz file (name npz) or the folder (image_folder).
   config.dataset.path = config_dict.placeholder(str)
   # Any TFDS image classification dataset (name tfds; docs/own_data.md): its TFDS name, e.g.
-  # "mnist" or "svhn_cropped", and the TFDS splits that serve as train and test.
+  # "mnist" or "svhn_cropped", and the TFDS splits that serve as train and test (unset: "train"
+  # and "test"; placeholders, so that a run recorded before these fields resumes unchanged).
   config.dataset.tfds_name = config_dict.placeholder(str)
-  config.dataset.tfds_train_split = "train"
-  config.dataset.tfds_test_split = "test"
+  config.dataset.tfds_train_split = config_dict.placeholder(str)
+  config.dataset.tfds_test_split = config_dict.placeholder(str)
   # Hold out the last N training examples as a validation split (eval.split = "validation"),
   # for tuning recipes without touching the test split; 0 trains on the whole training split.
   config.dataset.validation_examples = 0

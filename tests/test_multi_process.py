@@ -277,7 +277,8 @@ def test_a_study_in_two_processes_equals_one(runs, tmp_path):
     outputs = finish(launch_module(
         ["act_jax.study", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
          "--methods=act", "--seeds=0", "--autoattack_examples=32", "--apgd_steps=3",
-         "--fab_steps=2", "--square_queries=20", "--curve_examples=0", *SMALL_RECIPE, "--config.eval.num_steps=20",
+         "--fab_steps=2", "--square_queries=20", "--curve_examples=0", *SMALL_RECIPE,
+         "--config.eval.num_steps=20",
          "--config.eval.num_examples=64", "--config.train.max_steps=3",
          f"--config.dataset.data_dir={runs['data_dir']}"],
         processes=processes, devices_per_process=devices))

@@ -27,6 +27,7 @@ from act_jax.data.catalog import (
   NUM_CLASSES,
   OWN_DATASETS,
   TFDS_BY_NAME,
+  DatasetDamagedError,
   DatasetInfo,
   Split,
   npz_cache_path,
@@ -46,15 +47,24 @@ def _stored_split(name: str, split: str, fashion_mnist_dir: str, data_dir: str |
 
 
 @functools.lru_cache(maxsize=4)
-def _tfds_split(tfds_name: str, split: str, data_dir: str | None) -> tuple[Split, int]:
+def _tfds_split(tfds_name: str, split: str, data_dir: str | None, split_field: str
+                ) -> tuple[Split, int]:
   """A split of a TFDS dataset named by `dataset.tfds_name`, and its number of classes."""
-  from act_jax.data import tfds_pipeline  # TensorFlow, only if the .npz cache is missing
-  images, labels, num_classes = tfds_pipeline.tfds_arrays(tfds_name, split, data_dir)
+  from act_jax.data import tfds_by_name  # TensorFlow, only if the .npz cache is missing
+  images, labels, num_classes = tfds_by_name.split_arrays(tfds_name, split, data_dir,
+                                                          split_field=split_field)
   return Split(images, labels), num_classes
 
 
+def _tfds_stored(dataset_config: ml_collections.ConfigDict, split: str) -> tuple[Split, int]:
+  """"train" or "test" of a `tfds` dataset: the TFDS split that `dataset.tfds_train_split` or
+  `dataset.tfds_test_split` names (unset: "train", "test"), and the number of classes."""
+  field = f"tfds_{split}_split"
+  return _tfds_split(dataset_config.tfds_name, _tfds_split_name(dataset_config, split),
+                     dataset_config.data_dir, f"dataset.{field}")
+
+
 def _tfds_split_name(dataset_config: ml_collections.ConfigDict, split: str) -> str:
-  """The TFDS split that stands for "train" or "test" (`dataset.tfds_train_split`, ...)."""
   return dataset_config.get(f"tfds_{split}_split") or split
 
 
@@ -63,8 +73,7 @@ def _stored(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   if dataset_config.name in OWN_DATASETS:
     return own_data.read(dataset_config.name, dataset_config.path).splits[split]
   if dataset_config.name == TFDS_BY_NAME:
-    return _tfds_split(dataset_config.tfds_name, _tfds_split_name(dataset_config, split),
-                       dataset_config.data_dir)[0]
+    return _tfds_stored(dataset_config, split)[0]
   return _stored_split(dataset_config.name, split, dataset_config.fashion_mnist_dir,
                        dataset_config.data_dir)
 
@@ -99,9 +108,13 @@ def dataset_info(dataset_config: ml_collections.ConfigDict) -> DatasetInfo:
     num_classes = own_data.read(name, dataset_config.path).num_classes
     image_shape = tuple(train.images.shape[1:])
   elif name == TFDS_BY_NAME:
-    num_classes = _tfds_split(dataset_config.tfds_name, _tfds_split_name(dataset_config, "train"),
-                              dataset_config.data_dir)[1]
+    num_classes, test_classes = (_tfds_stored(dataset_config, s)[1] for s in ("train", "test"))
     image_shape = tuple(train.images.shape[1:])
+    if (test_classes, test.images.shape[1:]) != (num_classes, image_shape):
+      raise DatasetDamagedError(
+          f"dataset.tfds_name = {dataset_config.tfds_name}: its test split has {test_classes} "
+          f"classes and images {list(test.images.shape[1:])}, its training split {num_classes} "
+          f"and {list(image_shape)}")
   else:
     num_classes, image_shape = NUM_CLASSES[name], IMAGE_SHAPES[name]
   return DatasetInfo(name=name, num_classes=num_classes, image_shape=image_shape,
@@ -121,8 +134,9 @@ def check_available(dataset_config: ml_collections.ConfigDict) -> None:
   if name in OWN_DATASETS:
     own_data.check_available(name, dataset_config.path)
     return
+  field = "dataset.name"
   if name == TFDS_BY_NAME:
-    tfds_name = dataset_config.tfds_name
+    tfds_name, field = dataset_config.tfds_name, "dataset.tfds_name"
     caches = [tfds_by_name_cache_path(dataset_config.data_dir, tfds_name,
                                       _tfds_split_name(dataset_config, split))
               for split in ("train", "test")]
@@ -134,4 +148,4 @@ def check_available(dataset_config: ml_collections.ConfigDict) -> None:
   if caches and all(os.path.exists(cache) for cache in caches):
     return
   from act_jax.data import tfds_pipeline
-  tfds_pipeline.prepared_builder(tfds_name, dataset_config.data_dir)
+  tfds_pipeline.prepared_builder(tfds_name, dataset_config.data_dir, field)

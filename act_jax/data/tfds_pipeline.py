@@ -1,9 +1,9 @@
-"""TFDS and tf.data: ImageNet streaming; CIFAR and any TFDS dataset named by `dataset.tfds_name`
-read once into arrays. The only TF importer.
+"""TFDS and tf.data: ImageNet streaming, CIFAR read once into arrays, and the TFDS access that
+`tfds_by_name` builds on. The only TF importer.
 
 TensorFlow and TFDS are imported inside the functions, so that importing this module (and
 everything that only needs the names here) works on a machine without TensorFlow; only
-ImageNet runs, and the first read of a CIFAR split, need them.
+ImageNet runs, and the first read of a CIFAR or `tfds_by_name` split, need them.
 
 ImageNet training batches are a pure function of (dataset, seed, step, process, batch size),
 drawn with stateless random ops only: `imagenet_train_batches(..., start_step=k)` yields what an
@@ -49,13 +49,13 @@ def _tf() -> Any:
       import tensorflow as tf
   except ImportError:
     raise DatasetNotPreparedError(
-        "reading a TFDS dataset (ImageNet, or CIFAR without its .npz cache) needs TensorFlow: "
-        "pip install -e '.[tfds]'") from None
+        "reading a TFDS dataset (ImageNet, or CIFAR or a dataset.name = tfds dataset without "
+        "its .npz cache) needs TensorFlow: pip install -e '.[tfds]'") from None
   tf.config.set_visible_devices([], "GPU")
   return tf
 
 
-def _tfds() -> Any:
+def tfds_module() -> Any:
   _tf()
   import tensorflow_datasets as tfds
   return tfds
@@ -76,40 +76,45 @@ def _quiet_absl_warnings() -> Iterator[None]:
     absl_logging.set_verbosity(previous)
 
 
-def _builder(name: str, data_dir: str | None) -> Any:
-  """TFDS's builder of `name` (prepared or not), or a one-line error for a name TFDS lacks."""
-  tfds = _tfds()
+def tfds_builder(name: str, data_dir: str | None, field: str = "dataset.name") -> Any:
+  """TFDS's builder of `name` (prepared or not), or a one-line error naming `field` (the config
+  field or flag that gave the name) for a dataset, config or version TFDS lacks."""
+  tfds = tfds_module()
   try:
     with _quiet_absl_warnings():  # TFDS warns that an unprepared folder has no dataset_info.json
       return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
+  except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as error:
+    reason = ("" if isinstance(error, tfds.core.registered.DatasetNotFoundError)  # lists them all
+              else "; " + " ".join(f"{type(error).__name__}: {error}".split())[:200])
     raise DatasetNotPreparedError(
-        f"{name}: TFDS has no dataset of this name (its names: tfds.list_builders(), or "
-        "https://www.tensorflow.org/datasets/catalog)") from None
+        f"{field} = {name!r}: TFDS has no such dataset, config or version (its names: "
+        f"tfds.list_builders(), or https://www.tensorflow.org/datasets/catalog{reason})"
+        ) from None
 
 
-def prepared_builder(name: str, data_dir: str | None) -> Any:
+def prepared_builder(name: str, data_dir: str | None, field: str = "dataset.name") -> Any:
   """The TFDS builder of a dataset prepared in `data_dir`. Training and evaluation never
   download or build a dataset: on a cluster every worker would start it, and without a network
   TFDS retries for minutes before failing. `prepare_data` does it once, beforehand."""
-  builder = _builder(name, data_dir)
-  if not builder.is_prepared():
+  prepared = tfds_builder(name, data_dir, field)
+  if not prepared.is_prepared():
     raise DatasetNotPreparedError(
         f"{name} is not prepared in dataset.data_dir={catalog.data_dir_root(data_dir)}: "
         f"prepare it once with `{prepare_command(name, data_dir)}` (see {PREPARE_DOCS}), or point "
         "--config.dataset.data_dir at a prepared copy")
-  return builder
+  return prepared
 
 
 def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> None:
-  """Downloads and prepares a TFDS dataset in `data_dir` (CIFAR: also its .npz caches).
+  """Downloads and prepares CIFAR (and its .npz caches) or ImageNet in `data_dir`; any other
+  TFDS dataset goes through `tfds_by_name.prepare`.
 
   ImageNet cannot be downloaded by TFDS: its two tarballs must be in `manual_dir` (default:
   DATA_DIR/downloads/manual), and a missing one is reported before anything is built.
   """
-  tfds = _tfds()
-  builder = _builder(name, data_dir)
-  if name == "imagenet2012" and not builder.is_prepared():
+  tfds = tfds_module()
+  dataset = tfds_builder(name, data_dir)
+  if name == "imagenet2012" and not dataset.is_prepared():
     manual = epath.Path(manual_dir or os.path.join(catalog.data_dir_root(data_dir), "downloads",
                                                    "manual"))
     missing = [f for f in IMAGENET_MANUAL_FILES if not (manual / f).exists()]
@@ -117,17 +122,14 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> N
       raise DatasetNotPreparedError(
           f"imagenet2012: {', '.join(missing)} not found in {manual}: download them from "
           f"image-net.org (TFDS cannot) and pass --manual_dir (see {PREPARE_DOCS})")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+  dataset.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))
-  if name in catalog.TFDS_DATASETS and name in catalog.IN_MEMORY_DATASETS:
+  if name in catalog.IN_MEMORY_DATASETS:
     for split in ("train", "test"):
       cifar_arrays(name, split, data_dir)
-  elif name not in catalog.TFDS_DATASETS:  # any other dataset: cache its train and test splits
-    for split in set(builder.info.splits) & {"train", "test"}:
-      tfds_arrays(name, split, data_dir)
 
 
-def _num_examples(builder: Any, split: Any) -> int:
+def split_size(builder: Any, split: Any) -> int:
   """The size of a (sub)split, from the metadata TFDS attaches to the dataset (reads no data)."""
   count = int(builder.as_dataset(split=split).cardinality())
   if count < 0:
@@ -159,17 +161,17 @@ def _read_cache(cache: str, name: str, split: str, data_dir: str | None
   return images, labels.astype(np.int32)
 
 
-def _whole_split(builder: Any, split: str, **as_dataset_args: Any) -> Any:
+def whole_split(builder: Any, split: str, **as_dataset_args: Any) -> Any:
   """Every example of `split` in its stored order, as NumPy arrays (a dict of features, or the
   (input, target) pair with `as_supervised=True`), in one batch of exactly the
   split's size (TFDS's batch_size=-1 needs split metadata, which tfds.testing.mock_data does
   not provide)."""
   examples = builder.as_dataset(split=split, shuffle_files=False, **as_dataset_args)
-  examples = examples.batch(_num_examples(builder, split)).get_single_element()
-  return _tfds().as_numpy(examples)
+  examples = examples.batch(split_size(builder, split)).get_single_element()
+  return tfds_module().as_numpy(examples)
 
 
-def _write_cache(cache: str, **arrays: np.ndarray) -> None:
+def write_cache(cache: str, **arrays: np.ndarray) -> None:
   """Writes the .npz whole or not at all: a crash leaves no half-written cache behind."""
   os.makedirs(os.path.dirname(cache), exist_ok=True)
   temporary = cache + ".tmp.npz"
@@ -187,72 +189,10 @@ def cifar_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarra
   cache = catalog.npz_cache_path(data_dir, name, split)
   if os.path.exists(cache):
     return _read_cache(cache, name, split, data_dir)
-  examples = _whole_split(prepared_builder(name, data_dir), split)
+  examples = whole_split(prepared_builder(name, data_dir), split)
   images, labels = examples["image"], examples["label"].astype(np.int32)
-  _write_cache(cache, image=images, label=labels)
+  write_cache(cache, image=images, label=labels)
   return images, labels
-
-
-def _checked_tfds_builder(tfds_name: str, data_dir: str | None) -> tuple[Any, int]:
-  """The prepared builder of an image classification dataset and its number of classes, or a
-  one-line error saying why act-jax cannot train on the dataset as it is."""
-  tfds = _tfds()
-  builder = prepared_builder(tfds_name, data_dir)
-  keys = builder.info.supervised_keys
-  def unusable(reason: str) -> catalog.DatasetDamagedError:
-    return catalog.DatasetDamagedError(
-        f"dataset.tfds_name = {tfds_name}: {reason}; act-jax trains on (image, label) "
-        "classification datasets of one image size (convert others to an .npz: "
-        "docs/own_data.md)")
-  if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
-    raise unusable(f"its supervised keys are {keys!r}, not an (image, label) pair")
-  image, label = (builder.info.features[key] for key in keys)
-  if not isinstance(image, tfds.features.Image):
-    raise unusable(f"its input {keys[0]!r} is a {type(image).__name__}, not an Image")
-  if None in image.shape or image.shape[-1] not in (1, 3):
-    raise unusable(f"its images have shape {list(image.shape)} (None: varies); allowed one "
-                   "fixed [height, width, 1 or 3]")
-  if not isinstance(label, tfds.features.ClassLabel):
-    raise unusable(f"its target {keys[1]!r} is a {type(label).__name__}, not a ClassLabel")
-  return builder, int(label.num_classes)
-
-
-def _read_tfds_cache(cache: str, tfds_name: str, split: str
-                     ) -> tuple[np.ndarray, np.ndarray, int]:
-  try:
-    with np.load(cache) as arrays:
-      images, labels = arrays["image"], arrays["label"]
-      num_classes = int(arrays["num_classes"])
-  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
-    reason = " ".join(f"{type(error).__name__}: {error}".split())[:160]
-    raise catalog.DatasetDamagedError(
-        f"{cache} is damaged ({reason}): delete it; the next run reads {tfds_name} "
-        f"{split} through TFDS again") from None
-  return images, labels, num_classes
-
-
-def tfds_arrays(tfds_name: str, split: str, data_dir: str | None
-                ) -> tuple[np.ndarray, np.ndarray, int]:
-  """A whole split (TFDS split syntax: "test", "train[:90%]") of any TFDS image classification
-  dataset: uint8 images [n, H, W, C], int32 labels and the number of classes.
-
-  Read through its supervised keys the first time and cached beside the TFDS data
-  (`catalog.tfds_by_name_cache_path`), so that later runs need no TensorFlow, as for CIFAR.
-  """
-  cache = catalog.tfds_by_name_cache_path(data_dir, tfds_name, split)
-  if os.path.exists(cache):
-    return _read_tfds_cache(cache, tfds_name, split)
-  builder, num_classes = _checked_tfds_builder(tfds_name, data_dir)
-  try:
-    images, labels = _whole_split(builder, split, as_supervised=True)
-  except (ValueError, KeyError) as error:  # an unknown split or a bad slice
-    known = ", ".join(builder.info.splits) or "none recorded"
-    raise UserError(f"dataset.tfds_name = {tfds_name} has no split {split!r} ({known}; "
-                    f"slices such as 'train[:90%]' work): "
-                    + " ".join(str(error).split())[:160]) from None
-  images, labels = images.astype(np.uint8), labels.astype(np.int32)
-  _write_cache(cache, image=images, label=labels, num_classes=np.int64(num_classes))
-  return images, labels, num_classes
 
 
 def imagenet_info(data_dir: str | None, image_size: int | None) -> catalog.DatasetInfo:
@@ -261,21 +201,21 @@ def imagenet_info(data_dir: str | None, image_size: int | None) -> catalog.Datas
   size = image_size or DEFAULT_IMAGENET_SIZE
   return catalog.DatasetInfo(
       name="imagenet2012", num_classes=builder.info.features["label"].num_classes,
-      image_shape=(size, size, 3), num_train=_num_examples(builder, "train"),
-      num_test=_num_examples(builder, "validation"))
+      image_shape=(size, size, 3), num_train=split_size(builder, "train"),
+      num_test=split_size(builder, "validation"))
 
 
 def imagenet_steps_per_epoch(data_dir: str | None, *, global_batch_size: int,
                              process_count: int) -> int:
   """Every process has floor(num_train / process_count) examples (the split drops the
   remainder) and takes whole batches of global_batch_size / process_count from them."""
-  num_train = _num_examples(prepared_builder("imagenet2012", data_dir), "train")
+  num_train = split_size(prepared_builder("imagenet2012", data_dir), "train")
   return (num_train // process_count) // (global_batch_size // process_count)
 
 
 def _process_split(split: str, process_index: int, process_count: int,
                    drop_remainder: bool) -> Any:
-  return _tfds().split_for_jax_process(split, process_index=process_index,
+  return tfds_module().split_for_jax_process(split, process_index=process_index,
                                        process_count=process_count, drop_remainder=drop_remainder)
 
 
@@ -317,14 +257,14 @@ def imagenet_train_batches(*, per_process_batch_size: int, seed: int, start_step
   the records before the resume point again. `Dataset.shuffle` also mixes in TF's global seed,
   which nothing in act_jax sets (no other module imports TF).
   """
-  tf, tfds = _tf(), _tfds()
+  tf, tfds = _tf(), tfds_module()
   from act_jax.data import augmentations  # imports TF
   batch = per_process_batch_size
   builder = prepared_builder("imagenet2012", data_dir)
   split = _process_split("train", process_index, process_count, drop_remainder=True)
   records = builder.as_dataset(split=split, shuffle_files=False,
                                decoders={"image": tfds.decode.SkipDecoding()})
-  num_examples = _num_examples(builder, split)
+  num_examples = split_size(builder, split)
   if num_examples < batch:
     raise ValueError(f"imagenet2012: {num_examples} training examples, fewer than one batch "
                      f"of {batch}")
@@ -366,7 +306,7 @@ def imagenet_eval_batches(*, per_process_batch_size: int, num_examples: int | No
   from act_jax.data import augmentations  # imports TF
   split = "validation"
   builder = prepared_builder("imagenet2012", data_dir)
-  total = _num_examples(builder, split)
+  total = split_size(builder, split)
   if num_examples is not None and num_examples < total:  # TFDS rejects slices past the end
     split, total = f"{split}[:{num_examples}]", num_examples
   batch = per_process_batch_size
