@@ -35,9 +35,7 @@ setuptools.setup(
     extras_require={
         # ImageNet (tf.data) and a first read of CIFAR; Fashion-MNIST and cached CIFAR need none.
         "tfds": TFDS_EXTRA,
-        # pytest-xdist: the suite runs on two workers (`-n 2`), since most of its time is XLA
-        # compiling on one core.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "chex>=0.1.87", "ruff>=0.6", *TFDS_EXTRA],
+        "test": ["pytest>=8", "chex>=0.1.87", "ruff>=0.6", *TFDS_EXTRA],
         "torch": ["torch==2.13.0", "safetensors>=0.4"],  # CPU build; benchmarks/, parity, export
     },
 )
