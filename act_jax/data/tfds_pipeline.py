@@ -81,7 +81,7 @@ def tfds_builder(name: str, data_dir: str | None, field: str = "dataset.name") -
   field or flag that gave the name) for a dataset, config or version TFDS lacks."""
   tfds = tfds_module()
   try:
-    with _quiet_absl_warnings():  # TFDS warns that an unprepared folder has no dataset_info.json
+    with _quiet_absl_warnings():
       return tfds.builder(name, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as error:
     reason = ("" if isinstance(error, tfds.core.registered.DatasetNotFoundError)  # lists them all
@@ -92,12 +92,17 @@ def tfds_builder(name: str, data_dir: str | None, field: str = "dataset.name") -
         ) from None
 
 
+def _is_prepared(builder: Any) -> bool:
+  with _quiet_absl_warnings():  # TFDS warns that an unprepared folder has no dataset_info.json
+    return builder.is_prepared()
+
+
 def prepared_builder(name: str, data_dir: str | None, field: str = "dataset.name") -> Any:
   """The TFDS builder of a dataset prepared in `data_dir`. Training and evaluation never
   download or build a dataset: on a cluster every worker would start it, and without a network
   TFDS retries for minutes before failing. `prepare_data` does it once, beforehand."""
   prepared = tfds_builder(name, data_dir, field)
-  if not prepared.is_prepared():
+  if not _is_prepared(prepared):
     raise DatasetNotPreparedError(
         f"{name} is not prepared in dataset.data_dir={catalog.data_dir_root(data_dir)}: "
         f"prepare it once with `{prepare_command(name, data_dir)}` (see {PREPARE_DOCS}), or point "
@@ -114,7 +119,7 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> N
   """
   tfds = tfds_module()
   dataset = tfds_builder(name, data_dir)
-  if name == "imagenet2012" and not dataset.is_prepared():
+  if name == "imagenet2012" and not _is_prepared(dataset):
     manual = epath.Path(manual_dir or os.path.join(catalog.data_dir_root(data_dir), "downloads",
                                                    "manual"))
     missing = [f for f in IMAGENET_MANUAL_FILES if not (manual / f).exists()]
