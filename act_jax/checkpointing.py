@@ -41,6 +41,29 @@ class _FailedSaveTracebacks(logging.Filter):
 _FAILED_SAVE_TRACEBACKS = _FailedSaveTracebacks()
 
 
+class _OrphanedReadFailures(logging.Filter):
+  """Drops asyncio's reports of orbax read tasks that failed on a checkpoint already reported
+  as unrestorable.
+
+  A failed restore leaves some of orbax's read tasks finished with an error nobody awaited;
+  when the garbage collector frees one, at any later time, asyncio logs "Task exception was
+  never retrieved" with a traceback. The run reported that checkpoint in one line already.
+  """
+
+  def __init__(self, checkpoint_dir: str):
+    super().__init__()
+    self.checkpoint_dir = checkpoint_dir.rstrip("/") + "/"
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("exception was never retrieved" in message
+                and self.checkpoint_dir in message + str(record.exc_info and record.exc_info[1]))
+
+
+def _quiet_orphaned_read_failures(checkpoint_dir: epath.Path) -> None:
+  logging.getLogger("asyncio").addFilter(_OrphanedReadFailures(str(checkpoint_dir)))
+
+
 class _Manager(ocp.CheckpointManager):
   """orbax's manager, kept away from JAX's preemption sync point, which the loop alone asks.
 
@@ -178,6 +201,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, *
       sys.stderr.write(printed)
       return (restored.state["train_state"], restored.state["rng"],
               int(restored.position["step"]))
+    _quiet_orphaned_read_failures(epath.Path(manager.directory) / str(candidate))
     reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
     if step is not None:
       raise CheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "

@@ -1,5 +1,9 @@
 """Checkpoints round-trip the ACT state, RNG and data position, and keep only the newest N."""
 
+import asyncio
+import gc
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,3 +46,43 @@ def test_restore_latest_without_checkpoint_is_none(tmp_path):
   manager = checkpointing.checkpoint_manager(str(tmp_path), max_to_keep=1)
   rng = parallel.replicate(jax.random.PRNGKey(0), parallel.make_mesh())
   assert checkpointing.restore_latest(manager, make_state(0.0), rng) is None
+
+
+def _orphaned_failure(message: str) -> None:
+  """An asyncio task that fails and is freed unawaited, as orbax's read tasks are after a
+  failed restore: asyncio logs 'Task exception was never retrieved' when it is collected."""
+
+  async def read() -> None:
+    raise ValueError(message)
+
+  loop = asyncio.new_event_loop()
+  task = loop.create_task(read())
+  loop.run_until_complete(asyncio.sleep(0.01))
+  assert task.done()
+  loop.close()
+  del task
+  gc.collect()
+
+
+def test_a_damaged_checkpoint_is_reported_once_and_asyncio_stays_quiet_about_it(
+    tmp_path, caplog, capfd):
+  manager = checkpointing.checkpoint_manager(str(tmp_path), max_to_keep=None)
+  rng = parallel.replicate(jax.random.PRNGKey(0), parallel.make_mesh())
+  for step in (3, 6):
+    checkpointing.save(manager, make_state(float(step)), rng, step)
+  manager.wait_until_finished()
+  for data in (tmp_path / "checkpoints" / "6" / "state" / "d").iterdir():
+    data.write_bytes(data.read_bytes()[:10])
+
+  _, _, step = checkpointing.restore_latest(
+      checkpointing.checkpoint_manager(str(tmp_path), None, read_only=True), make_state(0.0), rng)
+  assert step == 3
+  assert capfd.readouterr().err.count("checkpoint step 6") == 1
+
+  damaged = tmp_path / "checkpoints" / "6"
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    _orphaned_failure(f'Error reading "w" in OCDBT database at local file "{damaged}/state/"')
+    assert not caplog.records  # the checkpoint already reported
+    _orphaned_failure(f'Error reading "w" in local file "{tmp_path}/checkpoints/60/state/"')
+    assert [r.getMessage().splitlines()[0] for r in caplog.records] == [
+        "Task exception was never retrieved"]  # any other failure is still told
