@@ -177,6 +177,8 @@ def test_the_study_writes_its_tables_json_and_plots(study):
     run_records = json.loads((pathlib.Path(run["workdir"]) / "results.json").read_text())[
         "provenance"]
     assert {r["device_count"] for r in run_records} == {record["device_count"]}
+    assert run["trained_on"] == [summary["meta"]["machine"]]
+  assert f"Trained on {summary['meta']['machine']}." in table.splitlines()
   resumed_from = [r["step"] for r in results(study, INTERRUPTED_RUN)["provenance"]]
   assert len(resumed_from) == 2 and resumed_from[0] == 0 < resumed_from[1]
   for plot in ("study.png", "curves.png"):

@@ -40,3 +40,21 @@ def test_the_eta_counts_only_the_runs_left_with_training_and_evaluation_apart():
   # A run that was evaluated again, not trained, adds to the evaluation rate only.
   time_left.add(train_seconds=None, work=0.0, eval_seconds=10.0, models=1)
   assert time_left.describe([(0.0, 2)]) == ", ETA 1m00s for 1 run left to evaluate"
+
+
+def test_the_table_says_which_machine_trained_each_budget():
+  cpu, gpu = "AMD EPYC; 2 cores; 2 JAX device(s)", "NVIDIA H200; 16 cores; 1 JAX device(s)"
+  rows = [{**row("pgd_at", 0, 0.8), "epochs": 3, "trained_on": [cpu]},
+          {**row("pgd_at", 0, 0.8), "epochs": 10, "trained_on": [cpu]},
+          {**row("pgd_at", 0, 0.8), "epochs": 30, "trained_on": [gpu]},
+          {**row("pgd_at", 1, 0.8), "epochs": 30, "trained_on": [cpu, gpu]}]
+  table = report.markdown_table(report.summarise(rows), eps=0.1, autoattack_examples=16,
+                                clean_examples=16)
+  assert (f"3 and 10 epochs trained on {cpu}. 30 epochs trained on {cpu} and {gpu}."
+          in table.splitlines())
+  same = report.markdown_table(report.summarise(rows[:2]), eps=0.1, autoattack_examples=16,
+                               clean_examples=16)
+  assert f"Trained on {cpu}." in same.splitlines()
+  unrecorded = report.markdown_table(report.summarise([row("pgd_at", 0, 0.8)]), eps=0.1,
+                                     autoattack_examples=16, clean_examples=16)
+  assert "Trained on" not in unrecorded

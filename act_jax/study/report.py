@@ -76,6 +76,7 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
              "title": title(method, model), "seeds": sorted(r["seed"] for r in members)}
     for key, _ in METRICS:
       entry[key] = _mean_std([r[key] for r in members])
+    entry["trained_on"] = sorted({m for r in members for m in r.get("trained_on", [])})
     summary.append(entry)
   return summary
 
@@ -126,10 +127,39 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
                            + " (each attacking what the ones before left robust)"
                            for c in used)
                + "; the worst case adds PGD-20.")
+  if machines := trained_on_text(summary):
+    lines.append(machines)
   if missing:
     lines.append(f"Partial: {missing} run{'s' if missing > 1 else ''} of the study not "
                  "finished yet.")
   return "\n".join(lines)
+
+
+def _joined(items: Sequence[str], last: str = "and") -> str:
+  """"3", "3 and 10", "3, 10 and 30"."""
+  return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
+def trained_on_text(summary: Sequence[Mapping[str, Any]]) -> str:
+  """Which machines trained each budget's runs, in one line ("" where none is recorded).
+
+  Numbers from different machines (a CPU's full float32 against a GPU's TF32 convolutions, say)
+  are not digit for digit comparable, so a table that joins them says which is which.
+  """
+  by_budget: dict[int, set[str]] = {}
+  for entry in summary:
+    by_budget.setdefault(entry["epochs"], set()).update(entry.get("trained_on", []))
+  if not any(by_budget.values()):
+    return ""
+  groups: dict[tuple[str, ...], list[str]] = {}
+  for epochs, machines in sorted(by_budget.items()):
+    groups.setdefault(tuple(sorted(machines)), []).append(str(epochs))
+  if len(groups) == 1:
+    return f"Trained on {_joined(next(iter(groups)))}."
+  return " ".join(
+      f"{_joined(budgets)} epochs trained on "
+      f"{_joined(machines) if machines else 'a machine not recorded'}."
+      for machines, budgets in groups.items())
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: epath.PathLike) -> None:

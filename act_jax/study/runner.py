@@ -220,6 +220,14 @@ def _curve(results: dict[str, Any], model: str) -> list[dict[str, float]]:
           for e in results.get("evaluations", []) if e.get("kind") == "periodic"]
 
 
+def _machines(results: dict[str, Any]) -> list[str]:
+  """The machines that trained a run, one `provenance.machine_summary` line each: a table may
+  join runs trained elsewhere (a GPU's budget beside a CPU's), and a resumed run may have
+  changed machine."""
+  return sorted({provenance.machine_summary(record)
+                 for record in results.get("provenance", [])})
+
+
 def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
           run_dir: epath.Path) -> list[dict[str, Any]]:
   """One row per model of a finished run."""
@@ -237,7 +245,7 @@ def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
                  "autoattack_examples": evaluation["num_examples"],
                  "train_seconds": record.get("train_seconds"),
                  "eval_seconds": record.get("eval_seconds"), "workdir": str(run_dir),
-                 "curve": _curve(results, model)})
+                 "trained_on": _machines(results), "curve": _curve(results, model)})
   return rows
 
 
@@ -258,7 +266,8 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
   """study.json, study.csv, study.md, study.png and curves.png over the finished runs.
 
   `study_record` is the invocation's `provenance.record`; `commit` and `machine` are its short
-  forms for people (each run's own record is in its results.json).
+  forms for people, naming where this invocation ran; each run's own records, and so the
+  machines that trained it, are in its results.json (`trained_on` in each row).
   """
   commit = study_record["git_commit"]
   summary = report.summarise(rows)
