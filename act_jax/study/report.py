@@ -135,9 +135,9 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
   return "\n".join(lines)
 
 
-def _joined(items: Sequence[str], last: str = "and") -> str:
+def _joined(items: Sequence[str]) -> str:
   """"3", "3 and 10", "3, 10 and 30"."""
-  return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+  return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def trained_on_text(summary: Sequence[Mapping[str, Any]]) -> str:

@@ -233,6 +233,7 @@ def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
   """One row per model of a finished run."""
   final, evaluation = results["final"], record["evaluation"]
   cascade, cascade_key = evaluation_cascade(evaluation)
+  trained_on = _machines(results)
   rows = []
   for model in methods.get(key.method).model_names:
     accuracy = evaluation["accuracy"][model]
@@ -245,7 +246,7 @@ def _rows(key: RunKey, results: dict[str, Any], record: dict[str, Any],
                  "autoattack_examples": evaluation["num_examples"],
                  "train_seconds": record.get("train_seconds"),
                  "eval_seconds": record.get("eval_seconds"), "workdir": str(run_dir),
-                 "trained_on": _machines(results), "curve": _curve(results, model)})
+                 "trained_on": trained_on, "curve": _curve(results, model)})
   return rows
 
 
