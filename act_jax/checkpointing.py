@@ -8,6 +8,8 @@ A checkpoint that cannot be restored falls back to the next older one.
 import logging
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,6 +41,37 @@ class _FailedSaveTracebacks(logging.Filter):
 
 
 _FAILED_SAVE_TRACEBACKS = _FailedSaveTracebacks()
+
+
+class _LateWriteCompletions:
+  """An unraisable-exception hook that drops tensorstore writes finishing after their save's
+  event loop closed, and passes every other unraisable exception on to the hook it replaced.
+
+  When one write of an asynchronous save fails (a full disk), orbax's save ends and closes its
+  event loop while the save's other writes are still in flight. Each of those, on finishing,
+  asks the closed loop to wake its awaiter (`call_soon_threadsafe`); asyncio refuses with
+  "Event loop is closed", and tensorstore prints that, with a traceback, as an unraisable
+  exception. Nothing waits for those writes any more, and the failed save is reported once, in
+  one line (`write_failures`).
+  """
+
+  def __init__(self, previous: Callable[[Any], Any]):
+    self.previous = previous
+
+  def __call__(self, unraisable: Any) -> None:
+    if not _is_late_write_completion(unraisable.exc_value, unraisable.exc_traceback):
+      self.previous(unraisable)
+
+
+def _is_late_write_completion(error: BaseException | None, trace: Any) -> bool:
+  frames = [frame.name for frame in traceback.extract_tb(trace)] if trace else []
+  return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+          and "call_soon_threadsafe" in frames)
+
+
+def _drop_late_write_completions() -> None:
+  if not isinstance(sys.unraisablehook, _LateWriteCompletions):
+    sys.unraisablehook = _LateWriteCompletions(sys.unraisablehook)
 
 
 class _OrphanedReadFailures(logging.Filter):
@@ -100,6 +133,7 @@ def checkpoint_manager(workdir: str, max_to_keep: int | None,
   absl_logging.get_absl_logger().addFilter(notices)
   if not read_only:
     absl_logging.get_absl_logger().addFilter(_FAILED_SAVE_TRACEBACKS)  # once: filters are a set
+    _drop_late_write_completions()
   try:
     return _Manager(directory, options=options, item_names=("state", "position"))
   finally:

@@ -3,11 +3,13 @@
 import asyncio
 import gc
 import logging
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tensorstore as ts
 
 from act_jax import checkpointing, parallel
 from act_jax.train_state import ACTState, ModelState
@@ -86,3 +88,41 @@ def test_a_damaged_checkpoint_is_reported_once_and_asyncio_stays_quiet_about_it(
     _orphaned_failure(f'Error reading "w" in local file "{tmp_path}/checkpoints/60/state/"')
     assert [r.getMessage().splitlines()[0] for r in caplog.records] == [
         "Task exception was never retrieved"]  # any other failure is still told
+
+
+def _tensorstore_write_finishing_after_its_loop_closed() -> None:
+  """What a failed save leaves behind: a tensorstore future, awaited on an event loop that has
+  closed since, finishes and asks that loop to wake its awaiter."""
+  promise, future = ts.Promise.new()
+
+  async def abandon() -> None:
+    async def wait() -> None:
+      await future
+    asyncio.get_running_loop().create_task(wait())
+    await asyncio.sleep(0)
+
+  loop = asyncio.new_event_loop()
+  loop.run_until_complete(abandon())
+  loop.close()
+  promise.set_result(None)
+
+
+def test_writes_finishing_after_a_failed_save_print_nothing_and_other_errors_still_do(
+    tmp_path, monkeypatch):
+  told = []
+  monkeypatch.setattr(sys, "unraisablehook", told.append)
+  _tensorstore_write_finishing_after_its_loop_closed()
+  assert [str(u.exc_value) for u in told] == ["Event loop is closed"]  # unfiltered, it is told
+
+  told.clear()
+  checkpointing.checkpoint_manager(str(tmp_path), max_to_keep=None)
+  _tensorstore_write_finishing_after_its_loop_closed()
+  assert not told
+
+  class Unclosable:
+    def __del__(self):
+      raise RuntimeError("Event loop is closed")  # the same words, from elsewhere
+
+  Unclosable()
+  gc.collect()
+  assert [str(u.exc_value) for u in told] == ["Event loop is closed"]
