@@ -2,6 +2,7 @@
 study itself runs in tests/test_study.py)."""
 
 from act_jax.study import report, runner
+from configs import fashion_mnist
 
 
 def row(method: str, seed: int, clean: float) -> dict:
@@ -22,6 +23,17 @@ def test_one_seed_shows_its_value_alone_and_a_subset_is_called_one():
   whole = report.markdown_table(summary, eps=0.1, autoattack_examples=256,
                                 clean_examples=10_000, test_examples=10_000)
   assert "Clean and PGD-20 on all 10,000 test examples;" in whole
+  held_out = report.markdown_table(summary, eps=0.1, autoattack_examples=256,
+                                   clean_examples=10_000, test_examples=10_000, split="validation")
+  assert "Clean and PGD-20 on all 10,000 validation examples;" in held_out
+  assert "test" not in held_out
+
+
+def test_a_study_on_the_validation_hold_out_sizes_its_split_as_the_hold_out():
+  config = fashion_mnist.get_config()
+  assert runner.evaluation_split_size(config) == 10_000  # the test split
+  config.dataset.validation_examples, config.eval.split = 5_000, "validation"
+  assert runner.evaluation_split_size(config) == 5_000
 
 
 def test_the_eta_counts_only_the_runs_left_with_training_and_evaluation_apart():

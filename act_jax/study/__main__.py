@@ -23,12 +23,13 @@ flags.DEFINE_string("epochs", None,
                     "Comma-separated training budgets in epochs, trained in this order; each "
                     "scales the recipe's lr schedule (default: the config's train.epochs).")
 flags.DEFINE_integer("curve_examples", 2000,
-                     "Each run's learning curve: clean and PGD-20 on the first N test examples "
+                     "Each run's learning curve: clean and PGD-20 on the first N examples of "
+                     "config.eval.split (test, or validation for the hold-out) "
                      "after every epoch (0: none).")
 flags.DEFINE_bool("report_only", False,
                   "Train nothing: write the tables and plots from the finished runs of the grid.")
 flags.DEFINE_integer("autoattack_examples", 1000,
-                     "The cascade (--cascade) runs on the first N test examples.")
+                     "The cascade (--cascade) runs on the first N examples of config.eval.split.")
 flags.DEFINE_string("cascade", "autoattack",
                     "The robust-accuracy cascade: autoattack (the standard AutoAttack: APGD-CE, "
                     "APGD-T, FAB-T, Square) or members joined by +, e.g. apgd-ce+apgd-t. A "

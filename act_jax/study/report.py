@@ -87,22 +87,23 @@ def _cell(mean_std: Sequence[float], count: int) -> str:
   return f"{100 * mean:.2f} ± {100 * std:.2f}" if count > 1 else f"{100 * mean:.2f}"
 
 
-def examples_text(count: int, total: int | None) -> str:
-  """"all 10,000 test examples", or "the first 256 of 10,000 test examples" for a subset."""
+def examples_text(count: int, total: int | None, split: str = "test") -> str:
+  """"all 10,000 test examples", or "the first 256 of 10,000 validation examples" for a
+  subset of the hold-out."""
   if total is None:
-    return f"{count:,} test examples"
-  return (f"all {total:,} test examples" if count >= total
-          else f"the first {count:,} of {total:,} test examples")
+    return f"{count:,} {split} examples"
+  return (f"all {total:,} {split} examples" if count >= total
+          else f"the first {count:,} of {total:,} {split} examples")
 
 
 def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
                    autoattack_examples: int, clean_examples: int, missing: int = 0,
-                   test_examples: int | None = None) -> str:
+                   test_examples: int | None = None, split: str = "test") -> str:
   """One row per (budget, method, model): accuracies in %, mean ± std over seeds.
 
   The cascade's column is titled by the cascade the runs used; where runs used different ones,
-  each cell names its own. `test_examples` is the size of the test split, so that a subset is
-  said to be one.
+  each cell names its own. `test_examples` is the size of the evaluation split (`split`: test, or
+  the validation hold-out), so that a subset is said to be one.
   """
   column = cascades_title(summary)
   mixed = column == "AutoAttack or its part"
@@ -120,7 +121,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
   lines.append("")
   used = sorted({entry["cascade"] for entry in summary})
   lines.append(f"Mean ± sample std over seeds (one seed: its value). Clean and PGD-20 on "
-               f"{examples_text(clean_examples, test_examples)}; "
+               f"{examples_text(clean_examples, test_examples, split)}; "
                + "; ".join(f"{cascade_title(c)} is the per-example AND of clean, "
                            + ", ".join(attack_specs.parse(c).title
                                        for c in attack_specs.parse(c).members)

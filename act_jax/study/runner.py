@@ -14,6 +14,10 @@ on the examples still robust) on the first `autoattack_examples` test examples. 
 whose evaluation used other settings is evaluated again, not retrained, and its record names
 the cascade each number came from. The tables and plots are
 rewritten after every finished run, marked partial until the whole grid is done.
+
+"Test" above is `config.eval.split`: with `eval.split=validation` (and
+`dataset.validation_examples`) every number, the cascade's included, comes from the validation
+hold-out, which is how a hyperparameter is chosen without looking at the test split.
 """
 
 import dataclasses
@@ -137,9 +141,18 @@ def run_config(base: ml_collections.ConfigDict, key: RunKey, *, steps_per_epoch:
   return config
 
 
+def evaluation_split_size(config: ml_collections.ConfigDict) -> int:
+  """How many examples the runs' evaluation split holds: the test split, or the validation
+  hold-out carved from the training split."""
+  if config.eval.split == "validation":
+    return config.dataset.validation_examples
+  return datasets.dataset_info(config.dataset).num_test
+
+
 def autoattack_evaluation(run_dir: str, request: StudyRequest) -> dict[str, Any]:
   """Clean, PGD-20 and the request's cascade (each stage reported) on the first
-  `autoattack_examples` test examples."""
+  `autoattack_examples` examples of the run's evaluation split (`eval.split`), so that a study
+  on the validation hold-out never looks at the test split."""
   cascade = attack_specs.parse(request.cascade).name
   mesh = parallel.make_mesh()
   run = api.load_run(run_dir, devices=list(mesh.devices.flat))
@@ -150,7 +163,8 @@ def autoattack_evaluation(run_dir: str, request: StudyRequest) -> dict[str, Any]
       square_queries=request.square_queries)
   evaluator = evaluator_lib.Evaluator(eval_mode_apply(run.model.apply), mesh,
                                       attack_specs.parse_names(f"pgd20,{cascade}"), settings)
-  data = pipeline.eval_data(run.config, split="test", num_examples=request.autoattack_examples)
+  data = pipeline.eval_data(run.config, split=run.config.eval.split,
+                            num_examples=request.autoattack_examples)
   result = evaluator({name: state.variables for name, state in run.models.items()}, data,
                      jax.random.PRNGKey(0))
   return {"checkpoint_step": run.step, "num_examples": result.num_examples,
@@ -293,7 +307,7 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
   table = report.markdown_table(summary, eps=request.config.eval.eps,
                                 autoattack_examples=rows[0]["autoattack_examples"],
                                 clean_examples=rows[0]["clean_examples"], missing=len(missing),
-                                test_examples=test_size)
+                                test_examples=test_size, split=request.config.eval.split)
   reporting.write_json(output_dir / "study.json", study)
   report.write_csv(rows, output_dir / "study.csv")
   (output_dir / "study.md").write_text(table + "\n")
@@ -371,7 +385,7 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
   for key, (results, _) in finished.items():  # before anything trains
     if results is not None:
       check_recipe(request, key, steps_per_epoch=steps_per_epoch)
-  test_size = datasets.dataset_info(request.config.dataset).num_test
+  test_size = evaluation_split_size(request.config)
   stale = {key: evaluation_differences(request, record.get("evaluation"), test_size)
            for key, (results, record) in finished.items()}
   is_done = lambda key: _is_trained(finished[key][0]) and not stale[key]
