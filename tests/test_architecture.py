@@ -45,7 +45,7 @@ LAYERS = (
     ("command lines", ("act_jax.main", "act_jax.prepare_data", "act_jax.evaluate.__main__",
                        "act_jax.study.__main__", "act_jax.analysis.__main__",
                        "act_jax.export.__main__", "act_jax.plot_curves",
-                       "act_jax.plot_curves.__main__")),
+                       "act_jax.plot_curves.__main__", "act_jax.choose_on_validation")),
 )
 
 

@@ -33,9 +33,11 @@ EXPECTED_FLAGS = {
     "act_jax.export": ("--workdir", "--model", "--output", "--step"),
     "act_jax.prepare_data": ("--dataset", "--data_dir", "--manual_dir"),
     "act_jax.plot_curves": ("--workdir", "--output"),
+    "act_jax.choose_on_validation": ("--candidates", "--model", "--metric"),
 }
 # No multi-process flags.
-SINGLE_PROCESS = {"act_jax.export", "act_jax.prepare_data", "act_jax.plot_curves"}
+SINGLE_PROCESS = {"act_jax.export", "act_jax.prepare_data", "act_jax.plot_curves",
+                  "act_jax.choose_on_validation"}
 PACKAGE = pathlib.Path(REPO) / "act_jax"
 
 
