@@ -14,17 +14,17 @@ def test_one_seed_shows_its_value_alone_and_a_subset_is_called_one():
   summary = report.summarise([row("pgd_at", 0, 0.8), row("pgd_at", 1, 0.82),
                               row("trades", 0, 0.7852)])
   table = report.markdown_table(summary, eps=0.1, autoattack_examples=256, clean_examples=256,
-                                test_examples=10_000)
+                                split_examples=10_000)
   lines = table.splitlines()
   assert lines[2] == ("| 3 | PGD-AT | 2 | 81.00 ± 1.41 | 60.00 ± 0.00 | 50.00 ± 0.00 | "
                       "50.00 ± 0.00 |")
   assert lines[3] == "| 3 | TRADES | 1 | 78.52 | 60.00 | 50.00 | 50.00 |"
   assert "Clean and PGD-20 on the first 256 of 10,000 test examples;" in table
   whole = report.markdown_table(summary, eps=0.1, autoattack_examples=256,
-                                clean_examples=10_000, test_examples=10_000)
+                                clean_examples=10_000, split_examples=10_000)
   assert "Clean and PGD-20 on all 10,000 test examples;" in whole
   held_out = report.markdown_table(summary, eps=0.1, autoattack_examples=256,
-                                   clean_examples=10_000, test_examples=10_000, split="validation")
+                                   clean_examples=10_000, split_examples=10_000, split="validation")
   assert "Clean and PGD-20 on all 10,000 validation examples;" in held_out
   assert "test" not in held_out
 

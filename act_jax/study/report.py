@@ -98,11 +98,11 @@ def examples_text(count: int, total: int | None, split: str = "test") -> str:
 
 def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
                    autoattack_examples: int, clean_examples: int, missing: int = 0,
-                   test_examples: int | None = None, split: str = "test") -> str:
+                   split_examples: int | None = None, split: str = "test") -> str:
   """One row per (budget, method, model): accuracies in %, mean ± std over seeds.
 
   The cascade's column is titled by the cascade the runs used; where runs used different ones,
-  each cell names its own. `test_examples` is the size of the evaluation split (`split`: test, or
+  each cell names its own. `split_examples` is the size of the evaluation split (`split`: test, or
   the validation hold-out), so that a subset is said to be one.
   """
   column = cascades_title(summary)
@@ -121,7 +121,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]], *, eps: float,
   lines.append("")
   used = sorted({entry["cascade"] for entry in summary})
   lines.append(f"Mean ± sample std over seeds (one seed: its value). Clean and PGD-20 on "
-               f"{examples_text(clean_examples, test_examples, split)}; "
+               f"{examples_text(clean_examples, split_examples, split)}; "
                + "; ".join(f"{cascade_title(c)} is the per-example AND of clean, "
                            + ", ".join(attack_specs.parse(c).title
                                        for c in attack_specs.parse(c).members)

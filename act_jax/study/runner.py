@@ -186,7 +186,7 @@ def evaluation_cascade(evaluation: dict[str, Any]) -> tuple[str, str]:
 
 
 def evaluation_differences(request: StudyRequest, evaluation: dict[str, Any] | None,
-                           test_size: int) -> list[str]:
+                           split_size: int) -> list[str]:
   """How a run's study evaluation differs from the requested one (empty: it is current)."""
   if evaluation is None:
     return ["none yet"]
@@ -199,7 +199,7 @@ def evaluation_differences(request: StudyRequest, evaluation: dict[str, Any] | N
                      ("fab_steps", "fab-t" in members), ("square_queries", "square" in members)):
     if used and evaluation.get(flag) != getattr(request, flag):
       differences.append(f"--{flag} ({evaluation.get(flag)} -> {getattr(request, flag)})")
-  if evaluation["num_examples"] != min(request.autoattack_examples, test_size):
+  if evaluation["num_examples"] != min(request.autoattack_examples, split_size):
     differences.append(f"--autoattack_examples ({evaluation['num_examples']} -> "
                        f"{request.autoattack_examples})")
   return differences
@@ -277,7 +277,7 @@ def _is_trained(results: dict[str, Any] | None) -> bool:
 
 def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: list[RunKey],
                   study_record: dict[str, Any], started: float,
-                  test_size: int | None = None) -> dict[str, Any]:
+                  split_size: int | None = None) -> dict[str, Any]:
   """study.json, study.csv, study.md, study.png and curves.png over the finished runs.
 
   `study_record` is the invocation's `provenance.record`; `commit` and `machine` are its short
@@ -307,7 +307,7 @@ def _write_report(request: StudyRequest, rows: list[dict[str, Any]], missing: li
   table = report.markdown_table(summary, eps=request.config.eval.eps,
                                 autoattack_examples=rows[0]["autoattack_examples"],
                                 clean_examples=rows[0]["clean_examples"], missing=len(missing),
-                                test_examples=test_size, split=request.config.eval.split)
+                                split_examples=split_size, split=request.config.eval.split)
   reporting.write_json(output_dir / "study.json", study)
   report.write_csv(rows, output_dir / "study.csv")
   (output_dir / "study.md").write_text(table + "\n")
@@ -385,8 +385,8 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
   for key, (results, _) in finished.items():  # before anything trains
     if results is not None:
       check_recipe(request, key, steps_per_epoch=steps_per_epoch)
-  test_size = evaluation_split_size(request.config)
-  stale = {key: evaluation_differences(request, record.get("evaluation"), test_size)
+  split_size = evaluation_split_size(request.config)
+  stale = {key: evaluation_differences(request, record.get("evaluation"), split_size)
            for key, (results, record) in finished.items()}
   is_done = lambda key: _is_trained(finished[key][0]) and not stale[key]
   pending = [key for key in runs if not is_done(key)]
@@ -428,8 +428,8 @@ def run_study(request: StudyRequest) -> dict[str, Any]:
       pending.remove(key)
     rows.extend(_rows(key, results, record, run_dir))
     if not done:  # the tables so far, marked partial, in case the study stops here
-      _write_report(request, rows, runs[number:], study_record, start, test_size)
-  study = _write_report(request, rows, missing, study_record, start, test_size)
+      _write_report(request, rows, runs[number:], study_record, start, split_size)
+  study = _write_report(request, rows, missing, study_record, start, split_size)
   if is_chief and rows:
     print("\n" + (epath.Path(request.output_dir or request.workdir) / "study.md").read_text(),
           flush=True)
