@@ -64,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   args.stages = stages
   for flag in ("num_examples", "batch_size", "apgd_steps", "fab_steps", "square_queries"):
     if getattr(args, flag) < 1:
-      parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be >= 1")
+      parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
   return args
 
 

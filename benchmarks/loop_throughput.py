@@ -49,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   args = reports.parse_flags(parser, argv)
   for name in ("batch", "steps", "log_every", "examples"):
     if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+      parser.error(f"--{name} must be >= 1")
   if args.steps < 2 * args.log_every:
     parser.error("--steps must cover at least two logging windows (the first is warm-up)")
   return args

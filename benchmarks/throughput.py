@@ -108,7 +108,7 @@ def parse_args(argv: list[str], *, device_per_core: bool = False) -> argparse.Na
   args = reports.parse_flags(parser, argv)
   for name in ("batch", "warmup_steps", "timed_steps"):
     if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+      parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.pgd_steps < 0:
     parser.error(f"--pgd_steps must be >= 0, got {args.pgd_steps}")
   if device_per_core:

@@ -201,3 +201,20 @@ def test_an_old_dashed_spelling_still_works_on_the_command_line(tmp_path):
   assert lines[0] == ("notice: flags are spelled with underscores now: --num_examples (for "
                       "--num-examples); the dashed spellings are read until the next release")
   assert lines[-1] == "error: --num_examples=0: must be >= 1"
+
+
+@pytest.mark.parametrize("module, argv, flag", [
+    ("benchmarks.throughput", ["--model=small_cnn", "--timed_steps=0"], "--timed_steps"),
+    ("benchmarks.loop_throughput", ["--model=small_cnn", "--log_every=0"], "--log_every"),
+    ("benchmarks.attack_throughput", ["--workload=small_cnn", "--num_examples=0"],
+     "--num_examples"),
+])
+def test_a_benchmarks_range_error_names_the_flag_as_it_is_spelled(module, argv, flag, capsys):
+  """The range checks build the flag's name from the argument's, so the source scan above
+  cannot see them; they name the underscored flag, not a dashed spelling that is only read."""
+  import importlib
+  with pytest.raises(SystemExit) as raised:
+    importlib.import_module(module).parse_args(argv)
+  assert raised.value.code == 2
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert f"{flag} " in error or f"{flag}=" in error, error
