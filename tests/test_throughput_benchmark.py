@@ -212,3 +212,21 @@ def test_benchmark_flags_are_underscored_and_the_old_dashed_spellings_still_read
   assert (args.pgd_steps, args.timed_steps) == (3, 4)
   notice = capsys.readouterr().err
   assert "--pgd_steps (for --pgd-steps)" in notice and notice.count("\n") == 1
+
+
+def test_the_attack_race_on_random_weights_attacks_every_example_on_both_sides(tmp_path):
+  """torchattacks attacks only the examples a model gets right, act-jax every example; random
+  labels would leave torchattacks about one in ten, so the random-weight workload is labelled
+  with the model's own predictions and both sides start from 100% clean accuracy."""
+  pytest.importorskip("torchattacks")
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.attack_throughput", "--workload=small_cnn",
+       "--num_examples=4", "--batch_size=4", "--stages=apgd-ce", "--apgd_steps=2",
+       f"--output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "attacks_small_cnn_n4_b4_cpu.json").read_text())
+  row = report["rows"]["apgd-ce"]
+  assert row["jax"]["clean"] == 1.0
+  assert 0.0 <= row["jax"]["accuracy"] <= 1.0 and 0.0 <= row["torch"]["accuracy"] <= 1.0
+  assert "100.00% correct clean" in (tmp_path / "attacks_small_cnn_n4_b4_cpu.md").read_text()
