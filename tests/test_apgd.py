@@ -198,3 +198,35 @@ def test_apgd_returns_the_worst_case_of_its_runs(toy):
   np.testing.assert_allclose(attack(keys, 1), first.adversarial, atol=1e-6)
   expected = parts.keep_worst_case(first, one_run(parts.per_example_keys(keys, 1)))
   np.testing.assert_allclose(attack(keys, 2), expected.adversarial, atol=1e-6)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_apgd_in_parts_takes_exactly_the_steps_of_apgd_in_one_call(monkeypatch, targeted):
+  """On CPU the evaluator runs APGD's unrolled iterations as separately compiled parts (compiling
+  them whole grows faster than their number); each part continues the schedule where the one
+  before stopped, so the parts give the very points of one call."""
+  monkeypatch.setattr(apgd_lib, "PART_STEPS", 4)
+  rng = np.random.default_rng(1)
+  w1 = jnp.asarray(rng.normal(size=(6, 16)) * 4, jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+  logits_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+  images = jnp.asarray(rng.uniform(0.1, 0.9, size=(12, 1, 2, 3)), jnp.float32)
+  labels = jnp.argmax(logits_fn(images), -1)
+  keys = jax.random.split(jax.random.PRNGKey(5), 12)
+  eps, num_steps = 0.2, 11
+  schedule_parts = apgd_lib.schedule_parts(num_steps)
+  assert [len(index) for index, _, _ in schedule_parts] == [4, 4, 3]
+  program = apgd_lib.SteppedApgd(eps, num_steps, "targeted_dlr" if targeted else "ce",
+                                 num_target_classes=3 if targeted else None)
+  carry = jax.jit(lambda x, y, k: program.start(logits_fn, x, y, k))(images, labels, keys)
+  advance = jax.jit(lambda x, y, c, s: program.advance(logits_fn, x, y, c, s, unroll=True))
+  for schedule in schedule_parts:
+    carry = advance(images, labels, carry, schedule)
+  in_parts = jax.jit(lambda x, c: program.worst_case(x, c).adversarial)(images, carry)
+
+  attack = functools.partial(apgd_lib.apgd_targeted, num_target_classes=3) if targeted else (
+      apgd_lib.apgd)
+  whole = jax.jit(lambda x, y, k: attack(logits_fn, x, y, k, eps=eps, num_steps=num_steps,
+                                         unroll=True))(images, labels, keys)
+  np.testing.assert_array_equal(in_parts, whole)
+  assert np.any(np.asarray(jnp.argmax(logits_fn(whole), -1) != labels))  # it broke something

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from act_jax import parallel
-from act_jax.attacks import specs
+from act_jax.attacks import apgd_attack, specs
 from act_jax.data import catalog, pipeline
 from act_jax.evaluate import cli, sanity
 from act_jax.evaluate.evaluator import Evaluator, attack_key
@@ -268,3 +268,36 @@ def test_sanity_checks_flag_each_failure():
       {**large, "accuracy": {"m": 0.4}})
   assert [check.passed for check in failures] == [False, False, False, False]
   assert "gradient masking" in failures[3].detail
+
+
+def mlp_apply(variables, images):
+  return jnp.tanh(images.reshape(images.shape[0], -1) @ variables["w1"]) @ variables["w2"]
+
+
+def test_unrolled_apgd_runs_in_parts_with_the_result_of_one_call(monkeypatch):
+  """Unrolled (as on CPU) and longer than a part, APGD and APGD-T run as separately compiled
+  parts; the evaluator counts the examples the attack in one call leaves correct. A steep
+  network with a small eps, so that the result depends on every part."""
+  monkeypatch.setattr(apgd_attack, "PART_STEPS", 3)
+  data = np.random.default_rng(2)
+  variables = {"w1": jnp.asarray(data.normal(size=(16, 32)) * 8, jnp.float32),
+               "w2": jnp.asarray(data.normal(size=(32, 5)), jnp.float32)}
+  images = data.uniform(0.1, 0.9, size=(48, 4, 4, 1)).astype(np.float32)
+  labels = np.asarray(jnp.argmax(mlp_apply(variables, images), -1), np.int32)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  settings = specs.AttackSettings(eps=0.08, apgd_steps=9, unroll=True)
+  names = ("apgd-ce", "apgd-t")
+  for name in names:
+    assert specs.parse(name).stepped(settings) is not None
+  assert specs.parse("apgd-ce").stepped(dataclasses.replace(settings, unroll=False)) is None
+  evaluator = Evaluator(mlp_apply, mesh, specs.parse_names(",".join(names)), settings)
+  result = evaluator(parallel.replicate({"model": variables}, mesh),
+                     eval_data(images, labels, 16), jax.random.PRNGKey(3))
+  logits_fn = functools.partial(mlp_apply, variables)
+  for name in names:
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(attack_key(jax.random.PRNGKey(3), name),
+                                                   jnp.arange(len(labels)))
+    adversarial = specs.parse(name).build(settings)(logits_fn, images, labels, keys)
+    survived = np.asarray(jnp.argmax(logits_fn(adversarial), -1) == labels)
+    assert result.accuracy["model"][name] == pytest.approx(survived.mean())
+    assert 0.0 < result.accuracy["model"][name] < 1.0

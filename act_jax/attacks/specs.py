@@ -13,7 +13,8 @@ from typing import Any
 
 import jax
 
-from act_jax.attacks.apgd_attack import apgd, apgd_targeted
+from act_jax.attacks import apgd_attack
+from act_jax.attacks.apgd_attack import SteppedApgd, apgd, apgd_targeted
 from act_jax.attacks.fab_attack import fab_targeted
 from act_jax.attacks.fgsm_attack import fgsm
 from act_jax.attacks.pgd_attack import pgd
@@ -132,6 +133,18 @@ class AttackSpec:
                                target=self.target, num_steps=self.num_steps,
                                step_size=settings.pgd_step(radius, self.num_steps), **common)
     raise ValueError(f"{self.name!r} is not a single attack; valid: {valid_names_message()}")
+
+  def stepped(self, settings: AttackSettings) -> SteppedApgd | None:
+    """This attack as separately compiled parts, where that is how it compiles fastest: APGD
+    and APGD-T with unrolled loops (CPU), one restart, and more than one part of iterations
+    (`apgd_attack.PART_STEPS`). None for every other attack and setting."""
+    if (self.kind not in ("apgd", "apgd-t") or not settings.unroll or settings.restarts != 1
+        or settings.apgd_steps <= apgd_attack.PART_STEPS):
+      return None
+    if self.kind == "apgd":
+      return SteppedApgd(settings.eps, settings.apgd_steps, self.loss)
+    return SteppedApgd(settings.eps, settings.apgd_steps, "targeted_dlr",
+                       num_target_classes=NUM_APGD_TARGETS)
 
   def describe(self, settings: AttackSettings) -> str:
     """One line for the results: what this attack ran."""

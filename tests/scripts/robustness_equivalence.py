@@ -4,6 +4,7 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8; prints both accurac
 Used by tests/test_multi_device.py.
 """
 
+import itertools
 import json
 import sys
 
@@ -32,17 +33,21 @@ def main():
   # 29 examples in batches of 16: the last batch is padded, as evaluation batches are.
   split = catalog.Split(data.uniform(size=(29, 4, 4, 1)).astype(np.float32),
                          data.integers(0, 5, 29).astype(np.int32))
-  settings = specs.AttackSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5, apgd_steps=10)
   results = {}
-  for devices in (jax.devices(), jax.devices()[:1]):
+  # Unrolled, as on CPU, with 30 APGD steps: APGD and APGD-T then run in parts (two of 15),
+  # their state sharded over the devices between calls.
+  for devices, unroll in itertools.product((jax.devices(), jax.devices()[:1]), (False, True)):
+    settings = specs.AttackSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5,
+                                    apgd_steps=30 if unroll else 10, unroll=unroll)
     mesh = parallel.make_mesh(devices)
     evaluator = Evaluator(apply_fn, mesh, specs.parse_names(",".join(NAMES)), settings)
     result = evaluator(parallel.replicate(models, mesh),
                        pipeline.in_memory_eval_data(split, per_process_batch_size=16),
                        jax.random.PRNGKey(0))
-    results[len(devices)] = {"accuracy": result.accuracy, "num_examples": result.num_examples,
-                             "attacked": result.attacked}
-  json.dump({str(k): v for k, v in results.items()}, sys.stdout)
+    results[f"{len(devices)}{'_unrolled' if unroll else ''}"] = {
+        "accuracy": result.accuracy, "num_examples": result.num_examples,
+        "attacked": result.attacked}
+  json.dump(results, sys.stdout)
 
 
 if __name__ == "__main__":
