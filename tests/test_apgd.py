@@ -205,7 +205,7 @@ def test_apgd_in_parts_takes_exactly_the_steps_of_apgd_in_one_call(monkeypatch, 
   """On CPU the evaluator runs APGD's unrolled iterations as separately compiled parts (compiling
   them whole grows faster than their number); each part continues the schedule where the one
   before stopped, so the parts give the very points of one call."""
-  monkeypatch.setattr(apgd_lib, "PART_STEPS", 4)
+  monkeypatch.setattr(parts, "PART_STEPS", 4)
   rng = np.random.default_rng(1)
   w1 = jnp.asarray(rng.normal(size=(6, 16)) * 4, jnp.float32)
   w2 = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)

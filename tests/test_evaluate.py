@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from act_jax import parallel
-from act_jax.attacks import apgd_attack, specs
+from act_jax.attacks import parts as attack_parts
+from act_jax.attacks import specs
 from act_jax.data import catalog, pipeline
 from act_jax.evaluate import cli, sanity
 from act_jax.evaluate.evaluator import Evaluator, attack_key
@@ -275,18 +276,18 @@ def mlp_apply(variables, images):
 
 
 def test_unrolled_apgd_runs_in_parts_with_the_result_of_one_call(monkeypatch):
-  """Unrolled (as on CPU) and longer than a part, APGD and APGD-T run as separately compiled
-  parts; the evaluator counts the examples the attack in one call leaves correct. A steep
-  network with a small eps, so that the result depends on every part."""
-  monkeypatch.setattr(apgd_attack, "PART_STEPS", 3)
+  """Unrolled (as on CPU) and longer than a part, APGD, APGD-T and FAB-T run as separately
+  compiled parts; the evaluator counts the examples the attack in one call leaves correct. A
+  steep network with a small eps, so that the result depends on every part."""
+  monkeypatch.setattr(attack_parts, "PART_STEPS", 3)
   data = np.random.default_rng(2)
   variables = {"w1": jnp.asarray(data.normal(size=(16, 32)) * 8, jnp.float32),
                "w2": jnp.asarray(data.normal(size=(32, 5)), jnp.float32)}
   images = data.uniform(0.1, 0.9, size=(48, 4, 4, 1)).astype(np.float32)
   labels = np.asarray(jnp.argmax(mlp_apply(variables, images), -1), np.int32)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  settings = specs.AttackSettings(eps=0.08, apgd_steps=9, unroll=True)
-  names = ("apgd-ce", "apgd-t")
+  settings = specs.AttackSettings(eps=0.08, apgd_steps=9, fab_steps=9, unroll=True)
+  names = ("apgd-ce", "apgd-t", "fab-t")
   for name in names:
     assert specs.parse(name).stepped(settings) is not None
   assert specs.parse("apgd-ce").stepped(dataclasses.replace(settings, unroll=False)) is None

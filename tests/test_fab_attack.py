@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from act_jax.attacks import fab_attack
+from act_jax.attacks import fab_attack, parts
 from act_jax.attacks import targets as targets_lib
 
 NUM_CLASSES = 5
@@ -384,3 +384,33 @@ def test_matches_torchattacks_fab(model):
     np.testing.assert_array_equal(is_broken[~near_eps], expected_broken[~near_eps])
     both = is_broken & expected_broken
     np.testing.assert_allclose(distance[both], expected_distance[both], rtol=1e-3)
+
+
+def test_fab_in_parts_takes_exactly_the_steps_of_fab_in_one_call(monkeypatch):
+  """On CPU the evaluator runs FAB-T's unrolled iterations as separately compiled parts; each
+  part continues where the one before stopped, so the parts give the very points of one call
+  (an example misclassified already is returned clean by both)."""
+  monkeypatch.setattr(parts, "PART_STEPS", 4)
+  rng = np.random.default_rng(1)
+  w1 = jnp.asarray(rng.normal(size=(6, 16)) * 4, jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+  logits_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+  images = jnp.asarray(rng.uniform(0.1, 0.9, size=(12, 1, 2, 3)), jnp.float32)
+  labels = jnp.argmax(logits_fn(images), -1).at[0].set(0).at[1].set(1)
+  keys = jax.random.split(jax.random.PRNGKey(5), 12)
+  eps, num_steps = 0.1, 11
+  program = fab_attack.SteppedFab(eps, num_steps, num_target_classes=3)
+  assert [len(steps) for steps in program.schedule_parts()] == [4, 4, 3]
+  carry = jax.jit(lambda x, y, k: program.start(logits_fn, x, y, k))(images, labels, keys)
+  advance = jax.jit(lambda x, y, c, s: program.advance(logits_fn, x, y, c, s, unroll=True))
+  for steps in program.schedule_parts():
+    carry = advance(images, labels, carry, steps)
+  in_parts = jax.jit(lambda x, y, c: program.adversarial(logits_fn, x, y, c))(images, labels,
+                                                                              carry)
+  whole = jax.jit(lambda x, y, k: fab_attack.fab_targeted(
+      logits_fn, x, y, k, eps=eps, num_steps=num_steps, num_target_classes=3, unroll=True))(
+          images, labels, keys)
+  # FAB's steps are continuous (APGD's are signs): XLA fuses the arithmetic at a part's ends
+  # differently, which moves the last bit of a pixel (6e-8 measured here).
+  np.testing.assert_allclose(in_parts, whole, rtol=0, atol=1e-6)
+  assert np.any(np.asarray(jnp.argmax(logits_fn(whole), -1) != labels))  # it broke something

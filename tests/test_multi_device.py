@@ -28,7 +28,7 @@ def test_eight_device_robustness_evaluation_equals_one_device():
   runs = run_script_on_eight_devices("robustness_equivalence.py")
   assert runs["8"]["num_examples"] == runs["1"]["num_examples"] == 29
   assert runs["8"]["accuracy"] == runs["1"]["accuracy"]
-  # Unrolled, APGD and APGD-T run in parts, their state sharded between the calls.
+  # Unrolled, APGD, APGD-T and FAB-T run in parts, their state sharded between the calls.
   assert runs["8_unrolled"]["accuracy"] == runs["1_unrolled"]["accuracy"]
   for run in ("1", "1_unrolled"):
     robust = runs[run]["accuracy"]["robust"]

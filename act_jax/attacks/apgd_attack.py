@@ -194,24 +194,11 @@ def _apgd_run(evaluate: Evaluate, start: jax.Array, project: parts.Projection,
                    stop(state.best_loss), step_sizes)
 
 
-# On XLA:CPU a long unrolled run is split into parts of at most this many iterations, each one
-# call of the same compiled function (`SteppedApgd`, run so by the evaluator). Compiling an
-# unrolled loop grows faster than its length: APGD-CE on the small CNN compiled in 5.5 s for 25
-# unrolled steps and in 70 s for 100, while running 1.0 s and 4.2 s. A rolled loop compiles in
-# 1 s but runs twice as slow, since XLA:CPU runs a While (or Conditional) body's convolutions
-# slower. Four calls of 25 steps therefore run as fast as 100 unrolled and compile 12x faster.
-PART_STEPS = 25
-
-
 def schedule_parts(num_steps: int) -> list[Schedule]:
-  """The whole run's schedule in consecutive parts of at most `PART_STEPS` iterations.
-
-  The parts differ in length by at most one, so they need at most two compiled functions.
-  """
-  count = -(-num_steps // PART_STEPS)
-  return [tuple(jnp.asarray(piece) for piece in pieces) for pieces in zip(
-      *(np.array_split(np.asarray(array), count) for array in _schedule(num_steps)),
-      strict=True)]
+  """The whole run's schedule in consecutive parts (`parts.part_lengths`)."""
+  bounds = np.cumsum([0, *parts.part_lengths(num_steps)])
+  return [tuple(array[start:stop] for array in _schedule(num_steps))
+          for start, stop in itertools.pairwise(bounds)]
 
 
 def _repeat(x: jax.Array, copies: int) -> jax.Array:
@@ -274,6 +261,14 @@ class SteppedApgd(NamedTuple):
     per_copy = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], found)
                 for k in range(found.adversarial.shape[0] // batch)]
     return functools.reduce(parts.keep_worst_case, per_copy)
+
+  def schedule_parts(self) -> list[Schedule]:
+    return schedule_parts(self.num_steps)
+
+  def adversarial(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
+                  carry: dict[str, Any]) -> jax.Array:
+    del logits_fn, labels
+    return self.worst_case(images, carry).adversarial
 
   def run(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
           example_rngs: jax.Array, *, unroll: bool) -> parts.Candidate:

@@ -15,7 +15,7 @@ clean image. An example counts as broken when some run found a misclassified poi
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -112,20 +112,11 @@ class _State(NamedTuple):
   best_distance: jax.Array
 
 
-def fab_run(margin_and_gradient: MarginAndGradient, predict: Callable[[jax.Array], jax.Array],
-            images: jax.Array, labels: jax.Array, start: jax.Array, *, num_steps: int,
-            alpha_max: float = DEFAULT_ALPHA_MAX, eta: float = DEFAULT_ETA,
-            beta: float = DEFAULT_BETA, unroll: bool = False) -> FabTrace:
-  """`num_steps` FAB iterations from `start` (in [0, 1]), every example on its own.
-
-  Per iteration, with g the margin and w its gradient at x (one forward/backward), the
-  hyperplane {v : <w, v> = <w, x> - g(x)} is where the linearised margin is zero;
-    d1 = projection_linf(x, w, b), d2 = projection_linf(x_orig, w, b),
-    alpha = min(a1 / (a1 + a2), alpha_max), a_i = max(||d_i||_inf, 1e-8),
-    x <- clip((1 - alpha) (x + eta d1) + alpha (x_orig + eta d2), 0, 1).
-  Then one forward pass checks the new x: if misclassified (any wrong class, not only the
-  target) it replaces the best point when strictly closer, and x <- x_orig + beta (x - x_orig).
-  """
+def _advance(margin_and_gradient: MarginAndGradient, predict: Callable[[jax.Array], jax.Array],
+             images: jax.Array, labels: jax.Array, state: _State, *, num_steps: int,
+             alpha_max: float, eta: float, beta: float, unroll: bool) -> _State:
+  """`num_steps` FAB iterations from `state` (see `fab_run`); they do not depend on their index,
+  so a run may be split into parts anywhere."""
   per_example = parts.per_example_broadcast
   original = _flat(images)
 
@@ -154,9 +145,31 @@ def fab_run(margin_and_gradient: MarginAndGradient, predict: Callable[[jax.Array
     point = jnp.where(per_example(wrong, point), images + (point - images) * beta, point)
     return _State(point, best_point, best_distance), None
 
-  state = _State(start, start, jnp.full((start.shape[0],), jnp.inf, jnp.float32))
   state, _ = jax.lax.scan(body, state, None, length=num_steps,
                           unroll=parts.unroll_factor(num_steps, unroll))
+  return state
+
+
+def _initial_state(start: jax.Array) -> _State:
+  return _State(start, start, jnp.full((start.shape[0],), jnp.inf, jnp.float32))
+
+
+def fab_run(margin_and_gradient: MarginAndGradient, predict: Callable[[jax.Array], jax.Array],
+            images: jax.Array, labels: jax.Array, start: jax.Array, *, num_steps: int,
+            alpha_max: float = DEFAULT_ALPHA_MAX, eta: float = DEFAULT_ETA,
+            beta: float = DEFAULT_BETA, unroll: bool = False) -> FabTrace:
+  """`num_steps` FAB iterations from `start` (in [0, 1]), every example on its own.
+
+  Per iteration, with g the margin and w its gradient at x (one forward/backward), the
+  hyperplane {v : <w, v> = <w, x> - g(x)} is where the linearised margin is zero;
+    d1 = projection_linf(x, w, b), d2 = projection_linf(x_orig, w, b),
+    alpha = min(a1 / (a1 + a2), alpha_max), a_i = max(||d_i||_inf, 1e-8),
+    x <- clip((1 - alpha) (x + eta d1) + alpha (x_orig + eta d2), 0, 1).
+  Then one forward pass checks the new x: if misclassified (any wrong class, not only the
+  target) it replaces the best point when strictly closer, and x <- x_orig + beta (x - x_orig).
+  """
+  state = _advance(margin_and_gradient, predict, images, labels, _initial_state(start),
+                   num_steps=num_steps, alpha_max=alpha_max, eta=eta, beta=beta, unroll=unroll)
   stop = jax.lax.stop_gradient
   return FabTrace(stop(state.best_point), stop(state.best_distance))
 
@@ -194,6 +207,93 @@ def fab_random_start(example_rngs: jax.Array, images: jax.Array, eps: float) -> 
   return jnp.clip(images + RANDOM_START_FRACTION * eps * noise, 0.0, 1.0)
 
 
+def _start_point(images: jax.Array, keys: jax.Array, eps: float, restart: int | jax.Array,
+                 target_index: int) -> jax.Array:
+  """Restart 0 starts from the clean image; restart r > 0 from `fab_random_start` with the
+  restart's keys folded with the target index (k > 0), as APGD-T draws them."""
+  if target_index:
+    keys = parts.per_example_keys(keys, target_index)
+  return jax.lax.cond(restart == 0, lambda: images, lambda: fab_random_start(keys, images, eps))
+
+
+def _success_or_clean(trace: FabTrace, images: jax.Array, eps: float) -> parts.Candidate:
+  """A run's closest misclassified point within eps, else the clean image. A constant loss:
+  among successes keep_worst_case keeps the first, as AutoAttack does."""
+  success = trace.best_distance <= eps
+  adversarial = jnp.where(parts.per_example_broadcast(success, images), trace.best_point, images)
+  return parts.Candidate(adversarial, jnp.zeros_like(trace.best_distance), success)
+
+
+def _clean_where_misclassified(logits_fn: objectives.LogitsFn, images: jax.Array,
+                               labels: jax.Array, adversarial: jax.Array) -> jax.Array:
+  """An example misclassified already is returned clean, as the reference does."""
+  clean_wrong = objectives.misclassified(jax.lax.stop_gradient(logits_fn(images)), labels)
+  return jax.lax.stop_gradient(
+      jnp.where(parts.per_example_broadcast(clean_wrong, images), images, adversarial))
+
+
+class SteppedFab(NamedTuple):
+  """One FAB-T restart with every target at once, as pure functions a caller may run as
+  separate calls: `start`, `advance` for each part of the iterations (`schedule_parts`: an
+  array per part whose length is the part's), `adversarial`. `run` is the three in one.
+
+  The batch is repeated once per target (its k-th most likely wrong class by the clean
+  logits), so the state between calls holds only arrays whose leading axis is the repeated
+  batch and can stay sharded over devices. See `fab_targeted` for the semantics.
+  """
+  eps: float
+  num_steps: int
+  num_target_classes: int = 9
+  alpha_max: float = DEFAULT_ALPHA_MAX
+  eta: float = DEFAULT_ETA
+  beta: float = DEFAULT_BETA
+
+  def start(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
+            example_rngs: jax.Array, restart: int | jax.Array = 0) -> dict[str, Any]:
+    ranked = targets_lib.ranked_targets(jax.lax.stop_gradient(logits_fn(images)), labels)
+    copies = min(self.num_target_classes, ranked.shape[-1])
+    targets = jnp.concatenate([ranked[:, k] for k in range(copies)])
+    starts = jnp.concatenate([_start_point(images, example_rngs, self.eps, restart, k)
+                              for k in range(copies)])
+    return {"state": _initial_state(starts), "targets": targets}
+
+  def advance(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
+              carry: dict[str, Any], steps: jax.Array, *, unroll: bool) -> dict[str, Any]:
+    copies = carry["targets"].shape[0] // images.shape[0]
+    repeat = lambda x: jnp.concatenate([x] * copies)
+    evaluate = targeted_margin_and_gradient(logits_fn, repeat(labels), carry["targets"])
+    predict = lambda x: jnp.argmax(logits_fn(x), axis=-1)
+    state = _advance(evaluate, predict, repeat(images), repeat(labels), carry["state"],
+                     num_steps=steps.shape[0], alpha_max=self.alpha_max, eta=self.eta,
+                     beta=self.beta, unroll=unroll)
+    return {**carry, "state": state}
+
+  def worst_case(self, images: jax.Array, carry: dict[str, Any]) -> parts.Candidate:
+    batch = images.shape[0]
+    copies = carry["targets"].shape[0] // batch
+    state = jax.tree.map(jax.lax.stop_gradient, carry["state"])
+    found = _success_or_clean(FabTrace(state.best_point, state.best_distance),
+                              jnp.concatenate([images] * copies), self.eps)
+    per_target = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], found)
+                  for k in range(copies)]
+    return functools.reduce(parts.keep_worst_case, per_target)
+
+  def schedule_parts(self) -> list[jax.Array]:
+    return [jnp.zeros((length,), jnp.int32) for length in parts.part_lengths(self.num_steps)]
+
+  def adversarial(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
+                  carry: dict[str, Any]) -> jax.Array:
+    found = self.worst_case(images, carry).adversarial
+    return _clean_where_misclassified(logits_fn, images, labels, found)
+
+  def run(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
+          example_rngs: jax.Array, restart: int | jax.Array = 0) -> parts.Candidate:
+    carry = self.start(logits_fn, images, labels, example_rngs, restart)
+    carry = self.advance(logits_fn, images, labels, carry,
+                         jnp.zeros((self.num_steps,), jnp.int32), unroll=True)
+    return self.worst_case(images, carry)
+
+
 def fab_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
                  example_rngs: jax.Array, *, eps: float, num_steps: int = 100,
                  num_target_classes: int = 9, restarts: int = 1,
@@ -213,60 +313,37 @@ def fab_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.
   are the same, and either way an example is broken exactly when some run broke it.
 
   The runs for the different targets are independent. With `unroll` (asked for on CPU) they run
-  as one unrolled FAB on the batch repeated once per target; otherwise one after another in a
-  rolled loop (keeping memory at one batch). Both give the same result. The result carries no
-  gradient.
+  as one unrolled FAB on the batch repeated once per target (`SteppedFab`); otherwise one after
+  another in a rolled loop (keeping memory at one batch). Both give the same result. The result
+  carries no gradient.
   """
   if num_target_classes < 1:
     raise ValueError(f"FAB-T num_target_classes {num_target_classes}; must be at least 1")
   if num_steps < 0:
     raise ValueError(f"FAB-T num_steps {num_steps}; must be non-negative")
-  clean_logits = jax.lax.stop_gradient(logits_fn(images))
-  ranked = targets_lib.ranked_targets(clean_logits, labels)
+  if unroll:
+    program = SteppedFab(eps, num_steps, num_target_classes, alpha_max, eta, beta)
+    run = lambda restart, keys: program.run(logits_fn, images, labels, keys, restart)
+    found = parts.worst_case_over_runs(run, example_rngs, restarts).adversarial
+    return _clean_where_misclassified(logits_fn, images, labels, found)
+  ranked = targets_lib.ranked_targets(jax.lax.stop_gradient(logits_fn(images)), labels)
   num_targets = min(num_target_classes, ranked.shape[-1])
   predict = lambda x: jnp.argmax(logits_fn(x), axis=-1)
   run_options = dict(num_steps=num_steps, alpha_max=alpha_max, eta=eta, beta=beta)
 
-  def start(restart: jax.Array, keys: jax.Array, target_index: int | jax.Array) -> jax.Array:
-    keys = jax.lax.cond(target_index == 0, lambda: keys,
-                        lambda: parts.per_example_keys(keys, target_index))
-    return jax.lax.cond(restart == 0, lambda: images,
-                        lambda: fab_random_start(keys, images, eps))
-
-  def candidate(trace: FabTrace, images: jax.Array) -> parts.Candidate:
-    # A constant loss: among successes keep_worst_case keeps the first, as AutoAttack does.
-    success = trace.best_distance <= eps
-    adversarial = jnp.where(parts.per_example_broadcast(success, images), trace.best_point,
-                            images)
-    return parts.Candidate(adversarial, jnp.zeros_like(trace.best_distance), success)
-
   def one_target(restart: jax.Array, keys: jax.Array, index: jax.Array) -> parts.Candidate:
     target = jax.lax.dynamic_index_in_dim(ranked, index, axis=1, keepdims=False)
     evaluate = targeted_margin_and_gradient(logits_fn, labels, target)
-    trace = fab_run(evaluate, predict, images, labels, start(restart, keys, index),
-                    unroll=False, **run_options)
-    return candidate(trace, images)
+    target_keys = jax.lax.cond(index == 0, lambda: keys,
+                               lambda: parts.per_example_keys(keys, index))
+    start = jax.lax.cond(restart == 0, lambda: images,
+                         lambda: fab_random_start(target_keys, images, eps))
+    trace = fab_run(evaluate, predict, images, labels, start, unroll=False, **run_options)
+    return _success_or_clean(trace, images, eps)
 
   def all_targets_in_turn(restart: jax.Array, keys: jax.Array) -> parts.Candidate:
     return parts.worst_case_over_runs(lambda index, _: one_target(restart, keys, index), keys,
                                       num_targets)
 
-  def all_targets_batched(restart: jax.Array, keys: jax.Array) -> parts.Candidate:
-    batch = images.shape[0]
-    repeat = lambda x: jnp.concatenate([x] * num_targets)
-    tiled_targets = jnp.concatenate([ranked[:, k] for k in range(num_targets)])
-    tiled_starts = jnp.concatenate([start(restart, keys, k) for k in range(num_targets)])
-    tiled_images, tiled_labels = repeat(images), repeat(labels)
-    evaluate = targeted_margin_and_gradient(logits_fn, tiled_labels, tiled_targets)
-    trace = fab_run(evaluate, predict, tiled_images, tiled_labels, tiled_starts, unroll=True,
-                    **run_options)
-    tiled = candidate(trace, tiled_images)
-    per_target = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], tiled)
-                  for k in range(num_targets)]
-    return functools.reduce(parts.keep_worst_case, per_target)
-
-  run = all_targets_batched if unroll else all_targets_in_turn
-  adversarial = parts.worst_case_over_runs(run, example_rngs, restarts).adversarial
-  clean_wrong = jnp.argmax(clean_logits, axis=-1) != labels
-  return jax.lax.stop_gradient(
-      jnp.where(parts.per_example_broadcast(clean_wrong, images), images, adversarial))
+  found = parts.worst_case_over_runs(all_targets_in_turn, example_rngs, restarts).adversarial
+  return _clean_where_misclassified(logits_fn, images, labels, found)

@@ -13,9 +13,9 @@ from typing import Any
 
 import jax
 
-from act_jax.attacks import apgd_attack
+from act_jax.attacks import parts
 from act_jax.attacks.apgd_attack import SteppedApgd, apgd, apgd_targeted
-from act_jax.attacks.fab_attack import fab_targeted
+from act_jax.attacks.fab_attack import SteppedFab, fab_targeted
 from act_jax.attacks.fgsm_attack import fgsm
 from act_jax.attacks.pgd_attack import pgd
 from act_jax.attacks.square_attack import square
@@ -134,12 +134,18 @@ class AttackSpec:
                                step_size=settings.pgd_step(radius, self.num_steps), **common)
     raise ValueError(f"{self.name!r} is not a single attack; valid: {valid_names_message()}")
 
-  def stepped(self, settings: AttackSettings) -> SteppedApgd | None:
-    """This attack as separately compiled parts, where that is how it compiles fastest: APGD
-    and APGD-T with unrolled loops (CPU), one restart, and more than one part of iterations
-    (`apgd_attack.PART_STEPS`). None for every other attack and setting."""
-    if (self.kind not in ("apgd", "apgd-t") or not settings.unroll or settings.restarts != 1
-        or settings.apgd_steps <= apgd_attack.PART_STEPS):
+  def stepped(self, settings: AttackSettings) -> parts.SteppedAttack | None:
+    """This attack as separately compiled parts, where that is how it compiles fastest: APGD,
+    APGD-T and FAB-T with unrolled loops (CPU), one restart, and more iterations than one part
+    (`parts.PART_STEPS`). None for every other attack and setting."""
+    if self.kind not in ("apgd", "apgd-t", "fab-t") or not settings.unroll or (
+        settings.restarts != 1):
+      return None
+    if self.kind == "fab-t":
+      if settings.fab_steps <= parts.PART_STEPS:
+        return None
+      return SteppedFab(settings.eps, settings.fab_steps, NUM_FAB_TARGETS)
+    if settings.apgd_steps <= parts.PART_STEPS:
       return None
     if self.kind == "apgd":
       return SteppedApgd(settings.eps, settings.apgd_steps, self.loss)

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from act_jax import parallel
-from act_jax.attacks import apgd_attack
+from act_jax.attacks import parts as attack_parts
 from act_jax.attacks import specs as attack_specs
 from act_jax.data.pipeline import EvalData
 from act_jax.train_state import ApplyFn
@@ -84,14 +84,15 @@ def attack_correctness(target: Any, source: Any, key: jax.Array, batch: Mapping[
   return jnp.argmax(logits_fn(adversarial), axis=-1) == labels
 
 
-def stepped_correctness(apply_fn: ApplyFn, mesh: Mesh, program: apgd_attack.SteppedApgd
+def stepped_correctness(apply_fn: ApplyFn, mesh: Mesh, program: attack_parts.SteppedAttack
                         ) -> Callable[[Any, Any, jax.Array, Mapping[str, jax.Array]], jax.Array]:
-  """`attack_correctness` for an APGD attack run in parts (`apgd_attack.SteppedApgd`).
+  """`attack_correctness` for a white-box attack run in parts (`parts.SteppedAttack`).
 
   Three compiled per-device functions, called from the host: the start, one call per part of
-  the schedule (every part of a length shares one compiled function), and the correctness of
-  the worst case. The state between calls stays on the devices, sharded like the batch. Same
-  result as the attack in one call, compiled many times faster on CPU (`PART_STEPS`).
+  the iterations (every part of a length shares one compiled function), and the correctness
+  at the attack's result. The state between calls stays on the devices, sharded like the
+  batch. Same result as the attack in one call, compiled many times faster on CPU
+  (`parts.PART_STEPS`).
   """
 
   def inputs(target: Any, batch: Mapping[str, jax.Array]) -> tuple[Callable, jax.Array, jax.Array]:
@@ -101,7 +102,7 @@ def stepped_correctness(apply_fn: ApplyFn, mesh: Mesh, program: apgd_attack.Step
     logits_fn, images, labels = inputs(target, batch)
     return program.start(logits_fn, images, labels, parallel.keys_by_index(key, batch["index"]))
 
-  def advance(target: Any, schedule: apgd_attack.Schedule, batch_and_carry: tuple) -> dict:
+  def advance(target: Any, schedule: Any, batch_and_carry: tuple) -> dict[str, Any]:
     batch, carry = batch_and_carry
     logits_fn, images, labels = inputs(target, batch)
     return program.advance(logits_fn, images, labels, carry, schedule, unroll=True)
@@ -109,14 +110,13 @@ def stepped_correctness(apply_fn: ApplyFn, mesh: Mesh, program: apgd_attack.Step
   def correctness(target: Any, batch_and_carry: tuple) -> jax.Array:
     batch, carry = batch_and_carry
     logits_fn, images, labels = inputs(target, batch)
-    adversarial = program.worst_case(images, carry).adversarial
+    adversarial = program.adversarial(logits_fn, images, labels, carry)
     return jnp.argmax(logits_fn(adversarial), axis=-1) == labels
 
   start_fn = parallel.distribute_per_example(start, mesh, num_replicated=2)
   advance_fn = parallel.distribute_per_example(advance, mesh, num_replicated=2)
   correctness_fn = parallel.distribute_per_example(correctness, mesh, num_replicated=1)
-  schedules = [parallel.replicate(schedule, mesh)
-               for schedule in apgd_attack.schedule_parts(program.num_steps)]
+  schedules = [parallel.replicate(schedule, mesh) for schedule in program.schedule_parts()]
 
   def run(target: Any, source: Any, key: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
     del source  # a white-box attack
@@ -177,7 +177,7 @@ class Evaluator:
 
   def _correctness_fn(self, spec: attack_specs.AttackSpec) -> Callable:
     """One compiled function per attack, shared by every model with the same shapes (APGD's
-    unrolled runs on CPU: a few, run in turn, see `stepped_correctness`).
+    and FAB's unrolled runs on CPU: a few, run in turn, see `stepped_correctness`).
 
     Separate functions, rather than one for the whole suite, keep XLA's compile time and
     memory in check: a suite of unrolled 100-step attacks in one graph took over 20 GB to

@@ -34,11 +34,12 @@ def main():
   split = catalog.Split(data.uniform(size=(29, 4, 4, 1)).astype(np.float32),
                          data.integers(0, 5, 29).astype(np.int32))
   results = {}
-  # Unrolled, as on CPU, with 30 APGD steps: APGD and APGD-T then run in parts (two of 15),
-  # their state sharded over the devices between calls.
+  # Unrolled, as on CPU, with 30 APGD and FAB steps: APGD, APGD-T and FAB-T then run in parts
+  # (two of 15), their state sharded over the devices between calls.
   for devices, unroll in itertools.product((jax.devices(), jax.devices()[:1]), (False, True)):
     settings = specs.AttackSettings(eps=0.2, eps_l2=0.8, pgd_travel=2.5,
-                                    apgd_steps=30 if unroll else 10, unroll=unroll)
+                                    apgd_steps=30 if unroll else 10,
+                                    fab_steps=30 if unroll else 100, unroll=unroll)
     mesh = parallel.make_mesh(devices)
     evaluator = Evaluator(apply_fn, mesh, specs.parse_names(",".join(NAMES)), settings)
     result = evaluator(parallel.replicate(models, mesh),
