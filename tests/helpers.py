@@ -185,3 +185,14 @@ def mock_prepared_tfds(num_examples: int) -> Iterator[None]:
   with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
       tfds.core.DatasetBuilder, "is_prepared", return_value=True):
     yield
+
+
+def steep_mlp_problem() -> tuple:
+  """(logits_fn, images [12, 1, 2, 3], keys): a steep 5-class MLP whose attacks need many
+  steps, for the tests that compare an attack run in parts with the attack in one call."""
+  rng = np.random.default_rng(1)
+  w1 = jnp.asarray(rng.normal(size=(6, 16)) * 4, jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+  logits_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+  images = jnp.asarray(rng.uniform(0.1, 0.9, size=(12, 1, 2, 3)), jnp.float32)
+  return logits_fn, images, jax.random.split(jax.random.PRNGKey(5), 12)

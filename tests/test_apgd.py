@@ -13,6 +13,8 @@ from act_jax.attacks import apgd_attack as apgd_lib
 from act_jax.attacks import objectives as lib_objectives
 from act_jax.attacks import parts
 
+from helpers import steep_mlp_problem
+
 NUM_CLASSES = 3
 HIDDEN = 8
 
@@ -206,13 +208,8 @@ def test_apgd_in_parts_takes_exactly_the_steps_of_apgd_in_one_call(monkeypatch, 
   them whole grows faster than their number); each part continues the schedule where the one
   before stopped, so the parts give the very points of one call."""
   monkeypatch.setattr(parts, "PART_STEPS", 4)
-  rng = np.random.default_rng(1)
-  w1 = jnp.asarray(rng.normal(size=(6, 16)) * 4, jnp.float32)
-  w2 = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
-  logits_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
-  images = jnp.asarray(rng.uniform(0.1, 0.9, size=(12, 1, 2, 3)), jnp.float32)
+  logits_fn, images, keys = steep_mlp_problem()
   labels = jnp.argmax(logits_fn(images), -1)
-  keys = jax.random.split(jax.random.PRNGKey(5), 12)
   eps, num_steps = 0.2, 11
   schedule_parts = apgd_lib.schedule_parts(num_steps)
   assert [len(index) for index, _, _ in schedule_parts] == [4, 4, 3]

@@ -12,6 +12,8 @@ from scipy import optimize
 from act_jax.attacks import fab_attack, parts
 from act_jax.attacks import targets as targets_lib
 
+from helpers import steep_mlp_problem
+
 NUM_CLASSES = 5
 IMAGE_SHAPE = (6, 6, 1)
 CHANNELS = 3
@@ -391,13 +393,8 @@ def test_fab_in_parts_takes_exactly_the_steps_of_fab_in_one_call(monkeypatch):
   part continues where the one before stopped, so the parts give the very points of one call
   (an example misclassified already is returned clean by both)."""
   monkeypatch.setattr(parts, "PART_STEPS", 4)
-  rng = np.random.default_rng(1)
-  w1 = jnp.asarray(rng.normal(size=(6, 16)) * 4, jnp.float32)
-  w2 = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
-  logits_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
-  images = jnp.asarray(rng.uniform(0.1, 0.9, size=(12, 1, 2, 3)), jnp.float32)
+  logits_fn, images, keys = steep_mlp_problem()
   labels = jnp.argmax(logits_fn(images), -1).at[0].set(0).at[1].set(1)
-  keys = jax.random.split(jax.random.PRNGKey(5), 12)
   eps, num_steps = 0.1, 11
   program = fab_attack.SteppedFab(eps, num_steps, num_target_classes=3)
   assert [len(steps) for steps in program.schedule_parts()] == [4, 4, 3]
