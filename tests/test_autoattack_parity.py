@@ -140,7 +140,7 @@ def _per_example_autoattack(problem) -> np.ndarray:
   settings = specs.AttackSettings(eps=EPS, **STEPS)
   logits_fn = lambda images: linear_apply(problem["variables"], images)
   images, labels = jnp.asarray(problem["images"]), jnp.asarray(problem["labels"])
-  alive = np.asarray(jnp.argmax(logits_fn(images), -1) == labels)
+  alive = np.array(jnp.argmax(logits_fn(images), -1) == labels)  # writable, for &= below
   for name in torch_autoattack.STAGES:
     keys = jax.vmap(jax.random.fold_in, (None, 0))(attack_key(jax.random.PRNGKey(0), name),
                                                    jnp.arange(len(labels)))
