@@ -6,7 +6,6 @@ point. It returns, per example, a misclassified iterate if it found one, else it
 APGD-T runs the same loop on the targeted DLR loss once per likely wrong class.
 """
 
-import functools
 import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -201,10 +200,6 @@ def schedule_parts(num_steps: int) -> list[Schedule]:
           for start, stop in itertools.pairwise(bounds)]
 
 
-def _repeat(x: jax.Array, copies: int) -> jax.Array:
-  return x if copies == 1 else jnp.concatenate([x] * copies)
-
-
 class SteppedApgd(NamedTuple):
   """One APGD run (one restart) as pure functions that a caller may run as separate calls.
 
@@ -213,7 +208,7 @@ class SteppedApgd(NamedTuple):
   worst point. `run` is all three in one. With `num_target_classes` it is APGD-T with every
   target at once: the batch repeated once per target (its k-th most likely wrong class by the
   clean logits), target k starting from the example's keys folded with k (k > 0), the worst case
-  taken over the targets. The state between calls (`Carry`) holds nothing but arrays whose
+  taken over the targets. The state between calls (the carry) holds nothing but arrays whose
   leading axis is the (repeated) batch, so it can stay sharded over devices between calls.
   """
   eps: float
@@ -238,29 +233,26 @@ class SteppedApgd(NamedTuple):
       return {"state": _initial_state(self._evaluate(logits_fn, labels, None), start, self.eps)}
     ranked = targets_lib.ranked_targets(jax.lax.stop_gradient(logits_fn(images)), labels)
     copies = min(self.num_target_classes, ranked.shape[-1])
-    targets = jnp.concatenate([ranked[:, k] for k in range(copies)])
-    keys = jnp.concatenate([example_rngs if k == 0 else parts.per_example_keys(example_rngs, k)
-                            for k in range(copies)])
-    start = parts.random_init(self.norm, keys, _repeat(images, copies), self.eps)
-    evaluate = self._evaluate(logits_fn, _repeat(labels, copies), targets)
+    targets = targets_lib.targets_per_copy(ranked, copies)
+    keys = jnp.concatenate([parts.target_keys(example_rngs, k) for k in range(copies)])
+    start = parts.random_init(self.norm, keys, parts.repeat_batch(images, copies), self.eps)
+    evaluate = self._evaluate(logits_fn, parts.repeat_batch(labels, copies), targets)
     return {"state": _initial_state(evaluate, start, self.eps), "targets": targets}
 
   def advance(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
               carry: dict[str, Any], schedule: Schedule, *, unroll: bool) -> dict[str, Any]:
     copies = carry["state"].point.shape[0] // images.shape[0]
-    evaluate = self._evaluate(logits_fn, _repeat(labels, copies), carry.get("targets"))
+    evaluate = self._evaluate(logits_fn, parts.repeat_batch(labels, copies),
+                              carry.get("targets"))
     state, _ = _advance(evaluate, carry["state"], schedule,
-                        parts.projection(self.norm, _repeat(images, copies), self.eps),
+                        parts.projection(self.norm, parts.repeat_batch(images, copies), self.eps),
                         parts.step_rule(self.norm), rho=self.rho, momentum=self.momentum,
                         unroll=unroll)
     return {**carry, "state": state}
 
   def worst_case(self, images: jax.Array, carry: dict[str, Any]) -> parts.Candidate:
-    batch = images.shape[0]
     found = jax.tree.map(jax.lax.stop_gradient, carry["state"].worst_case)
-    per_copy = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], found)
-                for k in range(found.adversarial.shape[0] // batch)]
-    return functools.reduce(parts.keep_worst_case, per_copy)
+    return parts.worst_case_over_copies(found, images.shape[0])
 
   def schedule_parts(self) -> list[Schedule]:
     return schedule_parts(self.num_steps)
@@ -337,9 +329,8 @@ def apgd_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax
   def one_target(index: jax.Array, keys: jax.Array) -> parts.Candidate:
     target = jax.lax.dynamic_index_in_dim(ranked, index, axis=1, keepdims=False)
     evaluate = objectives.loss_and_gradient(logits_fn, objectives.targeted_dlr, labels, target)
-    target_keys = jax.lax.cond(index == 0, lambda: keys,
-                               lambda: parts.per_example_keys(keys, index))
-    return _apgd_worst_case(evaluate, images, target_keys, eps=eps, num_steps=num_steps,
+    return _apgd_worst_case(evaluate, images, parts.target_keys(keys, index), eps=eps,
+                            num_steps=num_steps,
                             norm=norm, rho=DEFAULT_RHO, momentum=DEFAULT_MOMENTUM, unroll=False)
 
   def all_targets_in_turn(_, keys: jax.Array) -> parts.Candidate:

@@ -208,11 +208,10 @@ def fab_random_start(example_rngs: jax.Array, images: jax.Array, eps: float) -> 
 
 
 def _start_point(images: jax.Array, keys: jax.Array, eps: float, restart: int | jax.Array,
-                 target_index: int) -> jax.Array:
+                 target_index: int | jax.Array) -> jax.Array:
   """Restart 0 starts from the clean image; restart r > 0 from `fab_random_start` with the
-  restart's keys folded with the target index (k > 0), as APGD-T draws them."""
-  if target_index:
-    keys = parts.per_example_keys(keys, target_index)
+  restart's keys of the target (`parts.target_keys`), as APGD-T draws them."""
+  keys = parts.target_keys(keys, target_index)
   return jax.lax.cond(restart == 0, lambda: images, lambda: fab_random_start(keys, images, eps))
 
 
@@ -252,7 +251,7 @@ class SteppedFab(NamedTuple):
             example_rngs: jax.Array, restart: int | jax.Array = 0) -> dict[str, Any]:
     ranked = targets_lib.ranked_targets(jax.lax.stop_gradient(logits_fn(images)), labels)
     copies = min(self.num_target_classes, ranked.shape[-1])
-    targets = jnp.concatenate([ranked[:, k] for k in range(copies)])
+    targets = targets_lib.targets_per_copy(ranked, copies)
     starts = jnp.concatenate([_start_point(images, example_rngs, self.eps, restart, k)
                               for k in range(copies)])
     return {"state": _initial_state(starts), "targets": targets}
@@ -260,7 +259,7 @@ class SteppedFab(NamedTuple):
   def advance(self, logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.Array,
               carry: dict[str, Any], steps: jax.Array, *, unroll: bool) -> dict[str, Any]:
     copies = carry["targets"].shape[0] // images.shape[0]
-    repeat = lambda x: jnp.concatenate([x] * copies)
+    repeat = functools.partial(parts.repeat_batch, copies=copies)
     evaluate = targeted_margin_and_gradient(logits_fn, repeat(labels), carry["targets"])
     predict = lambda x: jnp.argmax(logits_fn(x), axis=-1)
     state = _advance(evaluate, predict, repeat(images), repeat(labels), carry["state"],
@@ -270,13 +269,11 @@ class SteppedFab(NamedTuple):
 
   def worst_case(self, images: jax.Array, carry: dict[str, Any]) -> parts.Candidate:
     batch = images.shape[0]
-    copies = carry["targets"].shape[0] // batch
     state = jax.tree.map(jax.lax.stop_gradient, carry["state"])
     found = _success_or_clean(FabTrace(state.best_point, state.best_distance),
-                              jnp.concatenate([images] * copies), self.eps)
-    per_target = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], found)
-                  for k in range(copies)]
-    return functools.reduce(parts.keep_worst_case, per_target)
+                              parts.repeat_batch(images, carry["targets"].shape[0] // batch),
+                              self.eps)
+    return parts.worst_case_over_copies(found, batch)
 
   def schedule_parts(self) -> list[jax.Array]:
     return [jnp.zeros((length,), jnp.int32) for length in parts.part_lengths(self.num_steps)]
@@ -334,11 +331,8 @@ def fab_targeted(logits_fn: objectives.LogitsFn, images: jax.Array, labels: jax.
   def one_target(restart: jax.Array, keys: jax.Array, index: jax.Array) -> parts.Candidate:
     target = jax.lax.dynamic_index_in_dim(ranked, index, axis=1, keepdims=False)
     evaluate = targeted_margin_and_gradient(logits_fn, labels, target)
-    target_keys = jax.lax.cond(index == 0, lambda: keys,
-                               lambda: parts.per_example_keys(keys, index))
-    start = jax.lax.cond(restart == 0, lambda: images,
-                         lambda: fab_random_start(target_keys, images, eps))
-    trace = fab_run(evaluate, predict, images, labels, start, unroll=False, **run_options)
+    trace = fab_run(evaluate, predict, images, labels,
+                    _start_point(images, keys, eps, restart, index), unroll=False, **run_options)
     return _success_or_clean(trace, images, eps)
 
   def all_targets_in_turn(restart: jax.Array, keys: jax.Array) -> parts.Candidate:

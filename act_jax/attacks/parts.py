@@ -8,6 +8,7 @@ per-example norms and per-example step sizes, so an example's result never depen
 its batch or on how the batch is split across devices.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -39,6 +40,20 @@ def _per_example(sample, example_rngs: jax.Array, images: jax.Array) -> jax.Arra
 def per_example_keys(example_rngs: jax.Array, index: int | jax.Array) -> jax.Array:
   """Each example's key folded with `index`: fresh, still per-example noise for a restart."""
   return jax.vmap(lambda key: jax.random.fold_in(key, index))(example_rngs)
+
+
+def target_keys(example_rngs: jax.Array, index: int | jax.Array) -> jax.Array:
+  """The keys of an attack's run for target `index`: the examples' own keys for target 0,
+  folded with the index for the others (APGD-T and FAB-T draw alike)."""
+  if isinstance(index, int):
+    return example_rngs if index == 0 else per_example_keys(example_rngs, index)
+  return jax.lax.cond(index == 0, lambda: example_rngs,
+                      lambda: per_example_keys(example_rngs, index))
+
+
+def repeat_batch(x: jax.Array, copies: int) -> jax.Array:
+  """The batch once per target, targets major: copy k holds rows [k B, (k + 1) B)."""
+  return x if copies == 1 else jnp.concatenate([x] * copies)
 
 
 def per_example_broadcast(scale: float | jax.Array, like: jax.Array) -> float | jax.Array:
@@ -260,6 +275,14 @@ def keep_worst_case(best: Candidate, candidate: Candidate) -> Candidate:
                 best.adversarial),
       jnp.where(take, candidate.loss, best.loss),
       jnp.where(take, candidate.wrong, best.wrong))
+
+
+def worst_case_over_copies(found: Candidate, batch: int) -> Candidate:
+  """The per-example worst case over the copies of a batch repeated once per target
+  (`repeat_batch`); ties keep the earlier target."""
+  copies = [jax.tree.map(lambda x, k=k: x[k * batch:(k + 1) * batch], found)
+            for k in range(found.adversarial.shape[0] // batch)]
+  return functools.reduce(keep_worst_case, copies)
 
 
 def worst_case_over_runs(run: Callable[[jax.Array, jax.Array], Candidate], example_rngs: jax.Array,

@@ -37,3 +37,9 @@ def ranked_targets(clean_logits: jax.Array, labels: jax.Array) -> jax.Array:
   masked = _without_true_class(clean_logits, labels, -jnp.inf)
   order = jnp.argsort(-masked, axis=-1, stable=True)
   return order[:, :-1].astype(labels.dtype)
+
+
+def targets_per_copy(ranked: jax.Array, copies: int) -> jax.Array:
+  """The first `copies` ranked targets [B, C - 1] as one column for the batch repeated once per
+  target (`parts.repeat_batch`): copy k attacks each example's k-th target."""
+  return jnp.concatenate([ranked[:, k] for k in range(copies)])
